@@ -1,0 +1,1 @@
+"""Benchmarks built on the nexus_gen library: GenEval (+ scenes variant), editing, understanding, reports."""

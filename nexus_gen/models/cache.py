@@ -1,0 +1,44 @@
+"""Where locally built (tiny, random-init) models live, and building each exactly once.
+
+The `tiny` profile builds small models from configs with fixed seeds into a cache directory on
+first use, then everything loads them through the ordinary `from_pretrained` path."""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def cache_root() -> Path:
+    """`$NEXUS_GEN_CACHE`, else `~/.cache/nexus-gen`."""
+    root = os.environ.get("NEXUS_GEN_CACHE") or os.path.join(Path.home(), ".cache", "nexus-gen")
+    return Path(root)
+
+
+def build_once(name: str, builder: Callable[[Path], None]) -> Path:
+    """Return `cache_root()/tiny/<name>`, calling `builder(tmp_dir)` to create it if absent.
+
+    The builder writes into a temporary directory that is renamed into place, under a file lock,
+    so concurrent processes never see a half-built model."""
+    target = cache_root() / "tiny" / name
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        try:
+            builder(tmp)
+            (tmp / ".complete").write_text("ok\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
