@@ -1,0 +1,259 @@
+"""Text-to-image generation for GenEval behind one small adapter, written in the official layout.
+
+Any generator with a `model_id` and `generate(metadata, seeds) -> images` fits: a diffusers pipeline
+(hub id or local directory), the tiny random pipeline (`tiny`), and for the scenes prompt set the
+`ground-truth` renderer and `noise`. Each image has its own seed, a pure function of (base seed,
+prompt index, sample number), so a resumed run regenerates exactly the missing images."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+
+from eval.geneval import layout
+
+log = logging.getLogger(__name__)
+
+GENERATION_FILE = "generation.json"
+
+
+class Generator(Protocol):
+    """A text-to-image generator: one image per seed, for one GenEval prompt record."""
+
+    model_id: str
+
+    def generate(self, metadata: dict[str, Any], seeds: Sequence[int]) -> list[Image.Image]:
+        """Return `len(seeds)` images for the prompt record `metadata` (its `prompt` key at least)."""
+        ...
+
+
+def sample_seed(base_seed: int, index: int, sample: int) -> int:
+    """The seed of image `sample` of prompt `index`: a stable hash, independent of batch and order."""
+    digest = hashlib.sha256(f"geneval:{base_seed}:{index}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+class NoiseGenerator:
+    """Uniform random pixels from the seed: the floor a scorer must give (close to) zero."""
+
+    model_id = "noise"
+
+    def __init__(self, size: int = 512):
+        self.size = int(size)
+
+    def generate(self, metadata: dict[str, Any], seeds: Sequence[int]) -> list[Image.Image]:
+        out = []
+        for s in seeds:
+            rng = np.random.default_rng(s)
+            out.append(Image.fromarray(rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)))
+        return out
+
+
+class GroundTruthGenerator:
+    """Renders the scenes world's exact picture of a scenes prompt: the ceiling a scorer must pass."""
+
+    model_id = "ground-truth"
+
+    def __init__(self, size: int = 512):
+        self.size = int(size)
+
+    def generate(self, metadata: dict[str, Any], seeds: Sequence[int]) -> list[Image.Image]:
+        from nexus_gen.scenes.prompts import render_prompt
+
+        out = []
+        for s in seeds:
+            rendered = render_prompt(metadata, s, size=self.size)
+            image = rendered if isinstance(rendered, Image.Image) else rendered[0]
+            out.append(image.convert("RGB"))
+        return out
+
+
+class DiffusersGenerator:
+    """Any diffusers text-to-image pipeline, loaded with `DiffusionPipeline.from_pretrained`."""
+
+    def __init__(self, source: str | Path, model_id: Optional[str] = None, device: str = "cpu",
+                 dtype: str = "float32", steps: Optional[int] = None, guidance: Optional[float] = None,
+                 size: Optional[int] = None):
+        import torch
+        from diffusers import DiffusionPipeline
+
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype (use float32, float16, bfloat16)")
+        try:
+            pipe = DiffusionPipeline.from_pretrained(str(source), dtype=torch_dtype)
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise ValueError(
+                f"cannot load diffusers pipeline {str(source)!r}: not a pipeline directory and not "
+                f"available from the Hugging Face cache or hub (offline?): {e}") from e
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe.to(device)
+        self.model_id = model_id or str(source)
+        self.steps, self.guidance, self.size = steps, guidance, size
+
+    def generate(self, metadata: dict[str, Any], seeds: Sequence[int]) -> list[Image.Image]:
+        import torch
+
+        kwargs: dict[str, Any] = {}
+        if self.steps is not None:
+            kwargs["num_inference_steps"] = int(self.steps)
+        if self.guidance is not None:
+            kwargs["guidance_scale"] = float(self.guidance)
+        if self.size is not None:
+            kwargs["height"] = kwargs["width"] = int(self.size)
+        # CPU generators, one per image: the same latents on every device and in every batch shape.
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        with torch.inference_mode():
+            result = self.pipe(prompt=metadata["prompt"], num_images_per_prompt=len(seeds),
+                               generator=generators, output_type="pil", **kwargs)
+        return [im.convert("RGB") for im in result.images]
+
+
+@dataclass
+class GeneratorSpec:
+    """How to build a generator: a name (`tiny`, `ground-truth`, `noise`), a local directory or a
+    hub id, and the sampling settings that go with diffusers pipelines."""
+
+    name: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    steps: Optional[int] = None
+    guidance: Optional[float] = None
+    size: Optional[int] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _tiny(spec: GeneratorSpec) -> Generator:
+    from nexus_gen.models.tiny_diffusers import tiny_sd_dir
+
+    return DiffusersGenerator(tiny_sd_dir(), model_id="tiny-sd (random init, nexus-gen tiny profile)",
+                              device=spec.device, dtype=spec.dtype, steps=spec.steps or 2,
+                              guidance=spec.guidance, size=spec.size)
+
+
+# Named generators; other parts (e.g. the Nexus-Gen pipeline) add theirs here.
+NAMED_GENERATORS: dict[str, Callable[[GeneratorSpec], Generator]] = {
+    "tiny": _tiny,
+    "ground-truth": lambda spec: GroundTruthGenerator(size=spec.size or 512),
+    "noise": lambda spec: NoiseGenerator(size=spec.size or 512),
+}
+SCENES_ONLY = {"ground-truth"}
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(p and not p.startswith(".") for p in parts) and " " not in name
+
+
+def check_generator_name(name: str) -> str:
+    """Return the kind of generator `name` denotes (`named`, `local`, `hub`) or raise ValueError."""
+    if name in NAMED_GENERATORS:
+        return "named"
+    if Path(name).is_dir():
+        if not (Path(name) / "model_index.json").is_file():
+            raise ValueError(f"generator directory {name!r} has no model_index.json: not a diffusers "
+                             f"pipeline saved with save_pretrained")
+        return "local"
+    if _looks_like_hub_id(name):
+        return "hub"
+    raise ValueError(f"unknown generator {name!r}: use one of {sorted(NAMED_GENERATORS)}, a local "
+                     f"diffusers pipeline directory, or a hub id like 'owner/model'")
+
+
+def make_generator(spec: GeneratorSpec) -> Generator:
+    """Build (load) the generator `spec` names."""
+    kind = check_generator_name(spec.name)
+    if kind == "named":
+        return NAMED_GENERATORS[spec.name](spec)
+    return DiffusersGenerator(spec.name, device=spec.device, dtype=spec.dtype, steps=spec.steps,
+                              guidance=spec.guidance, size=spec.size)
+
+
+@dataclass
+class GenerationResult:
+    generated: int = 0
+    kept: int = 0
+    seeds: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Write through a temporary name so a killed run never leaves a half-written sample behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _check_generation_record(out: Path, record: dict[str, Any]) -> None:
+    p = out / GENERATION_FILE
+    if not p.is_file():
+        return
+    old = json.loads(p.read_text(encoding="utf-8"))
+    for key in ("model_id", "base_seed", "settings"):
+        if old.get(key) != record.get(key):
+            raise ValueError(
+                f"{out} already holds images from another generation ({key}: {old.get(key)!r} there, "
+                f"{record.get(key)!r} now); use a new --out directory or the same settings to resume")
+
+
+def generate_images(generator: Generator, prompts: Sequence[tuple[int, dict[str, Any]]], out: Path,
+                    n_images: int = 4, base_seed: int = 0, batch_size: int = 1,
+                    settings: Optional[dict[str, Any]] = None) -> GenerationResult:
+    """Write `n_images` samples per (index, metadata) prompt into `out` in the official layout.
+
+    Existing sample PNGs are kept (resume); `generation.json` records the model id, settings and
+    every image's seed. Batched kernels round differently from single ones, so images are
+    byte-identical across runs (and resumes) only at the same `batch_size`; 1, the default, is
+    the exact choice, larger batches trade that for GPU throughput."""
+    if n_images < 1:
+        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"model_id": generator.model_id, "base_seed": base_seed,
+                              "settings": settings or {}, "n_images": n_images,
+                              "seed_rule": "sha256('geneval:{base}:{index}:{sample}')[:4] & 0x7fffffff"}
+    _check_generation_record(out, record)
+    result = GenerationResult()
+    try:
+        from tqdm import tqdm
+        progress = tqdm(prompts, desc=f"generate ({generator.model_id})", unit="prompt")
+    except ImportError:  # tqdm is a dependency; stay usable without it
+        progress = prompts
+    for index, metadata in progress:
+        meta_path = layout.prompt_dir(out, index) / "metadata.jsonl"
+        if meta_path.is_file() and layout.read_metadata(out, index) != metadata:
+            raise ValueError(f"{meta_path} holds a different prompt than prompt {index} of this "
+                             f"prompt set; use a new --out directory")
+        layout.write_metadata(out, index, metadata)
+        seeds = [sample_seed(base_seed, index, n) for n in range(n_images)]
+        result.seeds[f"{index:05d}"] = seeds
+        missing = [n for n in range(n_images) if not layout.sample_path(out, index, n).is_file()]
+        result.kept += n_images - len(missing)
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start:start + batch_size]
+            images = generator.generate(metadata, [seeds[n] for n in chunk])
+            if len(images) != len(chunk):
+                raise RuntimeError(f"generator {generator.model_id!r} returned {len(images)} images "
+                                   f"for {len(chunk)} seeds (prompt {index})")
+            for n, image in zip(chunk, images):
+                _save_png(image, layout.sample_path(out, index, n))
+            result.generated += len(chunk)
+    record["seeds"] = result.seeds
+    old = out / GENERATION_FILE
+    if old.is_file():  # keep the seeds of prompts generated by earlier (e.g. larger --limit) runs
+        prev = json.loads(old.read_text(encoding="utf-8")).get("seeds", {})
+        record["seeds"] = dict(sorted({**prev, **result.seeds}.items()))
+    (out / GENERATION_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    log.info("generation: %d images generated, %d kept from an earlier run, in %s",
+             result.generated, result.kept, out)
+    return result
