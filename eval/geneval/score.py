@@ -1,0 +1,240 @@
+"""Score GenEval images: a layout folder through a detector (writing a re-scorable detections
+file, resumable), or a detections file alone; official results rows and the summary.
+
+`score_folder` detects each image once, stores every candidate detection (box, score, and the
+colour of the kept objects a colour clause will judge, classified on the masked crop), then judges
+all images from that file. `rescore_file` judges a detections file with other options; objects
+without a stored colour are classified on the image at `filename` (box crop, no mask).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
+
+from PIL import Image, ImageOps
+
+from eval.geneval.detections_file import (
+    ImageRecord, drop_unterminated_tail, read_records, record_line,
+)
+from eval.geneval.layout import iter_images
+from eval.geneval.rules import ColorFn, ScoringOptions, judge, keep_detections, result_row
+from nexus_gen.scoring.detection import Detection, group_by_label
+
+log = logging.getLogger(__name__)
+
+Detector = Callable[[Image.Image], list[Detection]]
+DETECTIONS_FILE = "detections.jsonl"
+RESULTS_FILE = "results.jsonl"
+
+
+class ColorClassifierLike(Protocol):
+    """What the scorer needs from a colour classifier (see `eval.geneval.color`)."""
+
+    def classify(self, image: Image.Image, classname: str,
+                 objects: Sequence[Detection]) -> list[str]: ...
+
+
+class _LazyClassifier:
+    """Loads the named CLIP colour classifier only when a colour first has to be classified."""
+
+    def __init__(self, clip: str, device: str) -> None:
+        self.clip, self.device = clip, device
+        self._inner: Optional[ColorClassifierLike] = None
+
+    def classify(self, image: Image.Image, classname: str,
+                 objects: Sequence[Detection]) -> list[str]:
+        if self._inner is None:
+            from eval.geneval.color import ColorClassifier
+
+            log.info("loading the CLIP colour classifier %r", self.clip)
+            self._inner = ColorClassifier.load(self.clip, device=self.device)
+        return self._inner.classify(image, classname, objects)
+
+
+def open_image(path: Path) -> Image.Image:
+    """RGB image with EXIF orientation applied (as the official scorer reads it)."""
+    try:
+        with Image.open(path) as im:
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read GenEval image {path}: {e}") from e
+
+
+def color_classes(metadata: dict[str, Any]) -> list[str]:
+    """Classes whose colour some include clause of the prompt checks."""
+    return sorted({req["class"] for req in metadata.get("include", []) if "color" in req})
+
+
+def detect_image(path: Path, metadata: dict[str, Any], detector: Detector,
+                 classifier: ColorClassifierLike, options: ScoringOptions,
+                 filename: Optional[str] = None) -> ImageRecord:
+    """Detect one image; classify the colour of every kept object of the colour-checked classes
+    (masked crop) so the stored record re-scores without images."""
+    image = open_image(path)
+    grouped = group_by_label(sorted(detector(image), key=lambda d: -d.score))
+    for cls in color_classes(metadata):
+        kept = keep_detections({cls: grouped.get(cls, [])}, metadata["tag"], options).get(cls, [])
+        todo = [d for d in kept if d.color is None]
+        if todo:
+            for d, c in zip(todo, classifier.classify(image, cls, todo)):
+                d.color = c
+    return ImageRecord(filename=filename or str(path), metadata=dict(metadata), detections=grouped)
+
+
+def _layout_key(filename: str) -> tuple[str, ...]:
+    """`<idx>/samples/<n>.png`: the part of an image path that identifies it inside a layout."""
+    return Path(filename).parts[-3:]
+
+
+def _resolve_image(filename: str, base: Path) -> Path:
+    """The image behind a record: the path as written, else its layout tail under `base`."""
+    p = Path(filename)
+    if p.is_file():
+        return p
+    alt = base.joinpath(*_layout_key(filename))
+    if alt.is_file():
+        return alt
+    raise FileNotFoundError(f"image {filename!r} not found (also tried {alt}); a colour clause "
+                            "without stored 'color' needs the image to classify it")
+
+
+def score_records(records: Iterable[ImageRecord], options: ScoringOptions = ScoringOptions(),
+                  classifier: Optional[ColorClassifierLike] = None,
+                  image_base: Path = Path(".")) -> list[dict[str, Any]]:
+    """Official results rows for detection records (colours classified only where missing)."""
+    rows = []
+    for rec in records:
+        color_fn = _image_color_fn(rec.filename, image_base, classifier)
+        verdict = judge(rec.metadata, rec.detections, color_fn, options)
+        rows.append(result_row(rec.filename, rec.metadata, verdict))
+    return rows
+
+
+def _image_color_fn(filename: str, base: Path,
+                    classifier: Optional[ColorClassifierLike]) -> Optional[ColorFn]:
+    if classifier is None:
+        return None
+    cache: dict[str, Image.Image] = {}
+
+    def color_fn(classname: str, objects: list[Detection]) -> list[str]:
+        if "image" not in cache:
+            cache["image"] = open_image(_resolve_image(filename, base))
+        return classifier.classify(cache["image"], classname, objects)
+
+    return color_fn
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-tag image accuracy, `overall` (unweighted mean over the tags), `correct_images`
+    (share of images), `correct_prompts` (share of prompts with any image correct), counts."""
+    if not rows:
+        raise ValueError("no GenEval results to summarize")
+    per_tag: dict[str, list[bool]] = {}
+    per_prompt: dict[str, bool] = {}
+    for r in rows:
+        per_tag.setdefault(r["tag"], []).append(bool(r["correct"]))
+        key = r["metadata"] if isinstance(r["metadata"], str) else json.dumps(r["metadata"])
+        per_prompt[key] = per_prompt.get(key, False) or bool(r["correct"])
+    tag_acc = {tag: sum(v) / len(v) for tag, v in per_tag.items()}
+    summary: dict[str, Any] = {"overall": sum(tag_acc.values()) / len(tag_acc)}
+    summary.update(tag_acc)
+    summary["correct_images"] = sum(bool(r["correct"]) for r in rows) / len(rows)
+    summary["correct_prompts"] = sum(per_prompt.values()) / len(per_prompt)
+    summary["n_images"] = len(rows)
+    summary["n_prompts"] = len(per_prompt)
+    return summary
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> Path:
+    """Write rows as JSON lines atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _unique(records: Iterable[ImageRecord], source: Path) -> list[ImageRecord]:
+    """Records, refusing two for one image (which would count it twice)."""
+    seen: dict[tuple[str, ...], int] = {}
+    out = []
+    for i, rec in enumerate(records):
+        key = _layout_key(rec.filename) if len(Path(rec.filename).parts) >= 3 else (rec.filename,)
+        if key in seen:
+            raise ValueError(f"{source}: record {i + 1} repeats image {rec.filename!r} "
+                             f"(first at record {seen[key] + 1})")
+        seen[key] = i
+        out.append(rec)
+    return out
+
+
+def score_folder(out_dir: Path, detector: Detector,
+                 classifier: Optional[ColorClassifierLike] = None,
+                 options: ScoringOptions = ScoringOptions(), *, clip: str = "paper",
+                 device: str = "cpu") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Score a GenEval layout folder: `<out>/detections.jsonl` (resumable: images already in it
+    are not detected again) and `<out>/results.jsonl`; returns (rows, summary).
+    Without `classifier`, the CLIP colour classifier `clip` is loaded when first needed."""
+    out_dir = Path(out_dir)
+    images = list(iter_images(out_dir))
+    if not images:
+        raise ValueError(f"GenEval folder {out_dir} has no images (<idx>/samples/<n>.png)")
+    classifier = classifier or _LazyClassifier(clip, device)
+    det_path = out_dir / DETECTIONS_FILE
+    drop_unterminated_tail(det_path)
+    done: dict[tuple[str, ...], ImageRecord] = {}
+    if det_path.exists():
+        done = {_layout_key(r.filename): r for r in _unique(read_records(det_path), det_path)}
+    todo = [img for img in images if _layout_key(str(img.path)) not in done]
+    log.info("GenEval scoring %s: %d images, %d already detected, %d to detect",
+             out_dir, len(images), len(images) - len(todo), len(todo))
+    _detect_all(todo, det_path, detector, classifier, options)
+    by_key = {_layout_key(r.filename): r for r in read_records(det_path)}
+    extra = set(by_key) - {_layout_key(str(img.path)) for img in images}
+    if extra:
+        log.warning("%s: %d records are not images of the folder any more; ignored",
+                    det_path, len(extra))
+    records = [by_key[_layout_key(str(img.path))] for img in images]
+    write_jsonl((r.to_json() for r in records), det_path)  # layout order: same bytes on resume
+    rows = score_records(records, options, classifier, image_base=out_dir)
+    write_jsonl(rows, out_dir / RESULTS_FILE)
+    summary = summarize(rows)
+    log.info("GenEval overall %.4f over %d images", summary["overall"], len(rows))
+    return rows, summary
+
+
+def _detect_all(todo: list, det_path: Path, detector: Detector,
+                classifier: ColorClassifierLike, options: ScoringOptions) -> None:
+    """Detect images and append one flushed line each, so a killed run keeps what it did."""
+    if not todo:
+        return
+    from tqdm.auto import tqdm
+
+    with det_path.open("a", encoding="utf-8") as f:
+        for img in tqdm(todo, desc="GenEval detect", unit="img", disable=None):
+            rec = detect_image(img.path, img.metadata, detector, classifier, options)
+            f.write(record_line(rec))
+            f.flush()
+
+
+def rescore_file(detections_jsonl: Path, out_jsonl: Path,
+                 options: ScoringOptions = ScoringOptions(),
+                 classifier: Optional[ColorClassifierLike] = None, *, clip: str = "paper",
+                 device: str = "cpu") -> dict[str, Any]:
+    """Re-score a detections file without a detector: write official results rows to
+    `out_jsonl` and return the summary. Stored colours are used; missing ones are classified
+    with `classifier` (default: CLIP `clip`, loaded only if needed) on the image at `filename`."""
+    detections_jsonl = Path(detections_jsonl)
+    records = _unique(read_records(detections_jsonl), detections_jsonl)
+    if not records:
+        raise ValueError(f"detections file {detections_jsonl} has no records")
+    classifier = classifier or _LazyClassifier(clip, device)
+    rows = score_records(records, options, classifier, image_base=detections_jsonl.parent)
+    write_jsonl(rows, Path(out_jsonl))
+    return summarize(rows)
