@@ -1,6 +1,120 @@
 """`nexus-gen convert | export | validate`: the data commands."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+log = logging.getLogger(__name__)
+
+_FORMATS = "nexus-gen-jsonl, llava, edit-pairs, imagepulse, captions"
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a size (e.g. 500MB, 64M, 1G, 1048576)") from None
+
+
+def convert(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help=f"Input format: {_FORMATS}."),
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="Input file (jsonl, json, csv, tsv or parquet)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for shards, manifest.json and rejects.jsonl."),
+    images_root: Optional[Path] = typer.Option(None, "--images-root", help="Folder image paths are relative to "
+                                               "(default: the input's folder). Nothing outside it is read."),
+    source: Optional[str] = typer.Option(None, "--source", help="Source name for samples that carry none."),
+    language: Optional[str] = typer.Option(None, "--language", help="en or zh (captions: template language)."),
+    verify: str = typer.Option("header", "--verify", help="header: check headers and end markers; "
+                               "full: decode every image (uses all cores)."),
+    shard_size: str = typer.Option("500MB", "--shard-size", help="Target shard size."),
+    workers: int = typer.Option(0, "--workers", help="Image threads (0 = one per core, at least 4)."),
+) -> None:
+    """Convert a dataset into unified-format parquet shards. The last line printed is JSON:
+    {"input": N, "accepted": A, "rejected": R}."""
+    import os
+
+    from nexus_gen.data.convert import FORMATS, convert_file
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; choose one of {_FORMATS}", param_hint="FORMAT")
+    if verify not in ("header", "full"):
+        raise typer.BadParameter(f"{verify!r}: choose header or full", param_hint="--verify")
+    if language is not None and language not in ("en", "zh"):
+        raise typer.BadParameter(f"{language!r}: choose en or zh", param_hint="--language")
+    if not input_path.is_file():
+        raise typer.BadParameter(f"{input_path} does not exist or is not a file", param_hint="INPUT")
+    if images_root is not None and not images_root.is_dir():
+        raise typer.BadParameter(f"{images_root} is not a directory", param_hint="--images-root")
+    n_workers = workers or max(4, os.cpu_count() or 1)
+    try:
+        summary = convert_file(fmt, input_path, out, images_root=images_root, source=source, language=language,
+                               verify=verify, shard_bytes=_size(shard_size), workers=n_workers)
+    except (ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"converted {input_path} ({fmt}) -> {out}: {summary.shards} shard(s), {summary.bytes / 1e6:.1f} MB")
+    typer.echo(f"by task: {json.dumps(summary.by_task, ensure_ascii=False)}")
+    typer.echo(f"by language: {json.dumps(summary.by_language, ensure_ascii=False)}")
+    if summary.rejected:
+        typer.echo(f"rejected {summary.rejected}: {json.dumps(summary.reasons, ensure_ascii=False)} "
+                   f"(see {out / 'rejects.jsonl'})")
+    typer.echo(json.dumps(summary.counts()))
+
+
+def export(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="nexus-gen-jsonl or diffsynth-csv."),
+    shards: list[Path] = typer.Argument(..., metavar="SHARDS", help="Shard folder(s) or parquet file(s)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    absolute_paths: bool = typer.Option(False, "--absolute-paths", help="nexus-gen-jsonl: write absolute image "
+                                        "paths (ms-swift resolves relative ones against the working directory)."),
+) -> None:
+    """Export shards to a training format; images are written as files next to the index."""
+    from nexus_gen.data.export import EXPORT_FORMATS, export as do_export
+
+    if fmt not in EXPORT_FORMATS:
+        raise typer.BadParameter(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}",
+                                 param_hint="FORMAT")
+    for s in shards:
+        if not s.exists():
+            raise typer.BadParameter(f"{s} does not exist", param_hint="SHARDS")
+    kwargs = {"absolute_paths": absolute_paths} if fmt == "nexus-gen-jsonl" else {}
+    summary = do_export(fmt, shards, out, **kwargs)
+    typer.echo(json.dumps(summary.to_json(), ensure_ascii=False))
+
+
+def validate(
+    shards: list[Path] = typer.Argument(..., metavar="SHARDS", help="Shard folder(s) or parquet file(s)."),
+    full: bool = typer.Option(False, "--full", help="Decode every image."),
+) -> None:
+    """Re-check shards: counts per task, source and language, and every problem found."""
+    from nexus_gen.data.check import validate_shards
+
+    for s in shards:
+        if not s.exists():
+            raise typer.BadParameter(f"{s} does not exist", param_hint="SHARDS")
+    report = validate_shards(shards, full=full)
+    typer.echo(f"{report.samples} samples")
+    for title, counter in (("task", report.by_task), ("source", report.by_source), ("language", report.by_language)):
+        typer.echo(f"by {title}:")
+        for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], str(kv[0]))):
+            typer.echo(f"  {k}: {v}")
+    for p in report.problems:
+        typer.echo(f"problem: {p}")
+    typer.echo(json.dumps(report.to_json(), ensure_ascii=False))
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def register(root: typer.Typer) -> None:
     """Add the data commands to the root app."""
+    root.command("convert")(convert)
+    root.command("export")(export)
+    root.command("validate")(validate)

@@ -1,0 +1,236 @@
+"""What every converter shares: drafts of samples with image references, turning a draft into a
+checked sample (images read, checked, hashed), and the run that streams drafts into shards while
+every failure becomes a rejects row. Counts always reconcile: input = accepted + rejected."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import deque
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+from nexus_gen.data.images import DEFAULT_MAX_PIXELS, ImageError, canonical_image_bytes, image_to_bytes
+from nexus_gen.data.records import Location, Record
+from nexus_gen.data.shards import DEFAULT_SHARD_BYTES, ShardWriter
+from nexus_gen.data.templates import detect_language, detect_task
+from nexus_gen.data.validate import sample_problems
+
+log = logging.getLogger(__name__)
+VERIFY_MODES = ("header", "full")
+
+
+class DraftError(ValueError):
+    """A record that cannot become a sample, with the reason."""
+
+
+@dataclass
+class Draft:
+    """A sample before its images are read: `images` holds references (paths, HF structs, bytes)."""
+
+    location: Location
+    id: Any
+    source: str
+    messages: list[dict[str, Any]]
+    images: list[Any]
+    task: Optional[str] = None
+    language: Optional[str] = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Reject:
+    location: Location
+    reason: str
+    id: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.location.file, "line": self.location.line, "id": self.id, "reason": self.reason}
+
+
+Item = Union[Draft, Reject]
+
+
+def content_key(*parts: Any, n: int = 16) -> str:
+    """A short stable hash of the given parts (ids that depend only on content)."""
+    h = hashlib.sha1(json.dumps(parts, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8"))
+    return h.hexdigest()[:n]
+
+
+def require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str = "") -> Any:
+    """A field that must be present with the given type, else a `DraftError` naming it."""
+    if key not in data or data[key] is None:
+        raise DraftError(f"missing field {key!r}{what}")
+    v = data[key]
+    if not isinstance(v, kind) or isinstance(v, bool):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise DraftError(f"field {key!r} should be {names}, got {type(v).__name__}")
+    return v
+
+
+def drafts_from_records(records: Iterable[Record], make: Callable[[Record], list[Draft]]) -> Iterator[Item]:
+    """Turn records into drafts with `make`; unreadable records and `DraftError`s become rejects."""
+    for rec in records:
+        if rec.error is not None:
+            yield Reject(rec.location, rec.error)
+            continue
+        try:
+            drafts = make(rec)
+        except DraftError as e:
+            rid = rec.data.get("id") if isinstance(rec.data, dict) else None
+            yield Reject(rec.location, str(e), str(rid) if rid is not None else None)
+            continue
+        yield from drafts
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    images_root: Optional[Path]
+    verify: str = "header"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.verify not in VERIFY_MODES:
+            raise ValueError(f"verify={self.verify!r}: choose one of {VERIFY_MODES}")
+        if self.max_pixels <= 0:
+            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+        if self.images_root is not None and not Path(self.images_root).is_dir():
+            raise ValueError(f"images root {self.images_root} is not a directory")
+
+
+def build_sample(draft: Draft, opts: BuildOptions) -> dict[str, Any]:
+    """Read, check and hash the draft's images, fill task/language, validate. Raises DraftError."""
+    if isinstance(draft.id, int) and not isinstance(draft.id, bool):
+        draft.id = str(draft.id)
+    images = []
+    hashes = []
+    for i, ref in enumerate(draft.images):
+        name = ref if isinstance(ref, str) else f"image {i}"
+        try:
+            raw, path = image_to_bytes(ref, name, opts.images_root)
+            data, _ = canonical_image_bytes(raw, name if isinstance(name, str) else str(name),
+                                            opts.max_pixels, full=opts.verify == "full")
+        except ImageError as e:
+            raise DraftError(str(e)) from None
+        except OSError as e:
+            raise DraftError(f"image {name!r}: {e}") from None
+        images.append({"bytes": data, "path": path})
+        hashes.append(hashlib.sha256(data).hexdigest())
+    messages = draft.messages
+    sample = {
+        "id": draft.id,
+        "source": draft.source,
+        "task": draft.task,
+        "language": draft.language,
+        "messages": messages,
+        "images": images,
+        "meta": {**draft.meta, "image_sha256": hashes,
+                 "input": {"file": draft.location.file, "line": draft.location.line}},
+    }
+    if isinstance(messages, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str)
+                                          and "role" in m for m in messages):
+        if sample["task"] is None:
+            sample["task"] = detect_task(messages)
+        if sample["language"] is None:
+            sample["language"] = detect_language(messages)
+    problems = sample_problems(sample)
+    if problems:
+        raise DraftError("; ".join(problems))
+    return sample
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], pool: Executor, ahead: int) -> Iterator[Any]:
+    """`pool.map` that keeps at most `ahead` items in flight (bounded memory), results in order."""
+    window: deque = deque()
+    for it in items:
+        window.append(pool.submit(fn, it))
+        if len(window) >= ahead:
+            yield window.popleft().result()
+    while window:
+        yield window.popleft().result()
+
+
+@dataclass
+class Summary:
+    input: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    by_task: dict[str, int] = field(default_factory=dict)
+    by_language: dict[str, int] = field(default_factory=dict)
+    by_source: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    shards: int = 0
+    bytes: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {"input": self.input, "accepted": self.accepted, "rejected": self.rejected}
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":")[0][:60]
+
+
+def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: BuildOptions,
+                   shard_bytes: int = DEFAULT_SHARD_BYTES, workers: int = 4,
+                   manifest_extra: Optional[dict[str, Any]] = None,
+                   progress: bool = False) -> Summary:
+    """Stream drafts into shards under `out_dir`; rejects go to `out_dir/rejects.jsonl`.
+
+    Image reading and checking run in `workers` threads, bounded ahead of the writer; writing,
+    id de-duplication and counting happen in order, so output bytes are deterministic."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = Summary()
+    seen: set[str] = set()
+
+    def work(item: Item) -> Union[dict, Reject]:
+        if isinstance(item, Reject):
+            return item
+        try:
+            return build_sample(item, opts)
+        except DraftError as e:
+            rid = item.id if isinstance(item.id, str) else (None if item.id is None else str(item.id))
+            return Reject(item.location, str(e), rid)
+
+    rejects_path = out_dir / "rejects.jsonl"
+    tmp_rejects = out_dir / ".rejects.jsonl.tmp"
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="sample", desc="convert")
+    with ShardWriter(out_dir, shard_bytes=shard_bytes, extra_manifest=manifest_extra) as writer, \
+            open(tmp_rejects, "w", encoding="utf-8") as rej, \
+            ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="convert") as pool:
+
+        for res in ordered_map(work, items, pool, ahead=max(8, 4 * workers)):
+            summary.input += 1
+            if isinstance(res, dict) and res["id"] in seen:
+                where = res["meta"]["input"]
+                res = Reject(Location(where["file"], where["line"]),
+                             f"duplicate id {res['id']!r}: an earlier sample of this build has it",
+                             res["id"])
+            if isinstance(res, Reject):
+                summary.rejected += 1
+                k = _reason_kind(res.reason)
+                summary.reasons[k] = summary.reasons.get(k, 0) + 1
+                rej.write(json.dumps(res.to_json(), ensure_ascii=False) + "\n")
+                log.warning("rejected %s: %s", res.location, res.reason)
+            else:
+                seen.add(res["id"])
+                writer.write(res)
+                summary.accepted += 1
+                for d, k in ((summary.by_task, res["task"]), (summary.by_language, res["language"]),
+                             (summary.by_source, res["source"])):
+                    d[k] = d.get(k, 0) + 1
+            if bar is not None:
+                bar.update(1)
+        manifest = writer.close()
+    tmp_rejects.replace(rejects_path)
+    if bar is not None:
+        bar.close()
+    summary.shards = len(manifest["shards"])
+    summary.bytes = manifest["total_bytes"]
+    return summary

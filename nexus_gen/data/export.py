@@ -1,0 +1,144 @@
+"""Exports from shards to the formats people train with, written so those trainers read them as
+intended: the reference's / ms-swift's jsonl, and DiffSynth-Studio `metadata.csv` (generation and
+editing in separate folders, since an empty cell reads as NaN there and fails the loader)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Union
+
+from PIL import Image
+
+from nexus_gen.data.shards import iter_samples, write_json_atomic
+from nexus_gen.data.templates import generation_prompt, strip_tags
+
+log = logging.getLogger(__name__)
+EXPORT_FORMATS = ("nexus-gen-jsonl", "diffsynth-csv")
+_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+
+
+@dataclass
+class ExportSummary:
+    format: str
+    samples: int = 0
+    written: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    images: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.format, "samples": self.samples, "written": self.written,
+                "skipped": self.skipped, "images": self.images}
+
+
+class ImageStore:
+    """Writes each distinct image once, content-addressed: `images/<sha256[:2]>/<sha256>.<ext>`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.written: set[str] = set()
+
+    def put(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        with Image.open(io.BytesIO(data)) as im:
+            ext = _EXT.get(im.format or "", "png")
+        if ext == "png" and not data.startswith(b"\x89PNG"):  # unusual format: store as PNG
+            buf = io.BytesIO()
+            Image.open(io.BytesIO(data)).convert("RGB").save(buf, "PNG")
+            data = buf.getvalue()
+        rel = f"images/{sha[:2]}/{sha}.{ext}"
+        if rel not in self.written:
+            p = self.root / rel
+            if not p.exists():
+                p.parent.mkdir(parents=True, exist_ok=True)
+                tmp = p.with_name(f".{p.name}.tmp")
+                tmp.write_bytes(data)
+                tmp.replace(p)
+            self.written.add(rel)
+        return rel
+
+
+def export_nexus_gen_jsonl(shards: Union[str, Path, Iterable], out_dir: Union[str, Path],
+                           absolute_paths: bool = False, filename: str = "data.jsonl") -> ExportSummary:
+    """`{id, source, images, messages}` a line, images as files under `out_dir/images/`, paths
+    relative to `out_dir` (or absolute: ms-swift resolves relative paths against the working
+    directory first, so absolute paths are the safe choice when training from elsewhere)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = ImageStore(out_dir)
+    summary = ExportSummary("nexus-gen-jsonl")
+    tmp = out_dir / f".{filename}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for s in iter_samples(shards):
+            paths = [store.put(im["bytes"]) for im in s["images"]]
+            if absolute_paths:
+                paths = [str((out_dir / p).resolve()) for p in paths]
+            row = {"id": s["id"], "source": s["source"], "images": paths, "messages": s["messages"]}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            summary.samples += 1
+            summary.written[s["task"]] = summary.written.get(s["task"], 0) + 1
+    tmp.replace(out_dir / filename)
+    summary.images = len(store.written)
+    return summary
+
+
+def _user_text(sample: dict[str, Any]) -> str:
+    return next(m["content"] for m in sample["messages"] if m["role"] == "user")
+
+
+def export_diffsynth_csv(shards: Union[str, Path, Iterable], out_dir: Union[str, Path]) -> ExportSummary:
+    """DiffSynth-Studio `metadata.csv` files: `generation/metadata.csv` (`image, prompt`) and
+    `editing/metadata.csv` (`image, prompt, nexus_gen_reference_image`: target, instruction,
+    source). Image paths are relative to each csv's folder (DiffSynth's base path). Understanding
+    samples have no image to generate and are skipped (counted)."""
+    out_dir = Path(out_dir)
+    summary = ExportSummary("diffsynth-csv")
+    writers: dict[str, tuple[Any, Any, Path, Path]] = {}
+    stores: dict[str, ImageStore] = {}
+    header = {"generation": ["image", "prompt"], "editing": ["image", "prompt", "nexus_gen_reference_image"]}
+    try:
+        for s in iter_samples(shards):
+            summary.samples += 1
+            task = s["task"]
+            if task not in header:
+                summary.skipped[task] = summary.skipped.get(task, 0) + 1
+                continue
+            if task not in writers:
+                d = out_dir / task
+                d.mkdir(parents=True, exist_ok=True)
+                tmp = d / ".metadata.csv.tmp"
+                fh = open(tmp, "w", encoding="utf-8", newline="")
+                w = csv.writer(fh, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+                w.writerow(header[task])
+                writers[task] = (fh, w, tmp, d / "metadata.csv")
+                stores[task] = ImageStore(d)
+            fh, w, _, _ = writers[task]
+            store = stores[task]
+            if task == "generation":
+                prompt = generation_prompt(_user_text(s))
+                w.writerow([store.put(s["images"][-1]["bytes"]), prompt])
+            else:
+                instruction = strip_tags(_user_text(s))
+                w.writerow([store.put(s["images"][-1]["bytes"]), instruction, store.put(s["images"][0]["bytes"])])
+            summary.written[task] = summary.written.get(task, 0) + 1
+    finally:
+        for fh, _, tmp, final in writers.values():
+            fh.close()
+            tmp.replace(final)
+    summary.images = sum(len(st.written) for st in stores.values())
+    return summary
+
+
+def export(fmt: str, shards: Union[str, Path, Iterable], out_dir: Union[str, Path], **kwargs: Any) -> ExportSummary:
+    if fmt == "nexus-gen-jsonl":
+        summary = export_nexus_gen_jsonl(shards, out_dir, **kwargs)
+    elif fmt == "diffsynth-csv":
+        summary = export_diffsynth_csv(shards, out_dir, **kwargs)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    write_json_atomic(Path(out_dir) / "export.json", summary.to_json())
+    return summary

@@ -1,0 +1,187 @@
+"""One safe way in for every image: path confinement, a pixel-count guard against decompression
+bombs, truncation checks, EXIF orientation and conversion of any mode to RGB.
+
+Two depths: `inspect_image` reads only the header and the file's end marker (cheap, every image
+gets it); `decode_image` decodes all pixels (used by `--verify full` and by every consumer)."""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; raise it explicitly for giant scans
+KEEP_FORMATS = {"PNG", "JPEG", "WEBP"}  # stored as-is when already RGB and upright
+_ORIENTATION = 0x0112
+_PNG_END = b"IEND\xaeB`\x82"
+_JPEG_EOI = b"\xff\xd9"
+
+
+class ImageError(ValueError):
+    """An image that cannot be used, with a reason a person understands."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+    mode: str
+    orientation: int
+
+    @property
+    def canonical(self) -> bool:
+        """True when the stored bytes already decode to an upright RGB image."""
+        return self.format in KEEP_FORMATS and self.mode == "RGB" and self.orientation in (0, 1)
+
+
+def resolve_image_path(ref: str, root: Union[str, Path]) -> Path:
+    """The file `ref` names inside `root`; refuses URLs and anything that escapes the root
+    (`..`, absolute paths elsewhere, symlinks pointing out)."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise ImageError(f"image reference {ref!r} is not a non-empty path string")
+    if "://" in ref:
+        raise ImageError(f"image {ref!r} is a URL; only local files under the images root are read")
+    root_real = Path(os.path.realpath(root))
+    cand = Path(ref) if os.path.isabs(ref) else root_real / ref
+    real = Path(os.path.realpath(cand))
+    if real != root_real and root_real not in real.parents:
+        raise ImageError(f"image path {ref!r} escapes the images root {root_real}")
+    if not real.exists():
+        raise ImageError(f"image file {ref!r} not found under the images root {root_real}")
+    if not real.is_file():
+        raise ImageError(f"image path {ref!r} is not a regular file")
+    return real
+
+
+def read_image_file(ref: str, root: Union[str, Path]) -> bytes:
+    data = resolve_image_path(ref, root).read_bytes()
+    if not data:
+        raise ImageError(f"image file {ref!r} is empty (0 bytes)")
+    return data
+
+
+def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ImageError(f"image {name!r} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"image {name!r} is a decompression bomb: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"image {name!r}: bytes are not a recognised image format "
+                         f"(starts with {data[:8]!r})") from None
+    except Exception as e:  # PIL raises many kinds on corrupt headers
+        raise ImageError(f"image {name!r}: unreadable header ({type(e).__name__}: {e})") from None
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageError(f"image {name!r} has an empty size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageError(f"image {name!r} is {w}x{h} = {w * h:,} pixels, over the "
+                         f"{max_pixels:,}-pixel guard (a decompression bomb or an oversized image)")
+    return img
+
+
+def inspect_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Header-level check: a known format, a sane pixel count, and for PNG/JPEG an intact end
+    marker (catches truncated files without decoding). Other formats are fully decoded."""
+    img = _open(data, name, max_pixels)
+    fmt = img.format or "?"
+    if fmt == "PNG":
+        if data.rfind(_PNG_END) < 0:
+            raise ImageError(f"image {name!r} is a truncated PNG (no IEND chunk)")
+    elif fmt == "JPEG":
+        if _JPEG_EOI not in data[-1024:]:
+            raise ImageError(f"image {name!r} is a truncated JPEG (no end-of-image marker)")
+    else:
+        decode_image(data, name, max_pixels)
+    try:
+        orientation = int(img.getexif().get(_ORIENTATION, 1) or 1)
+    except Exception:
+        orientation = 1
+    return ImageInfo(fmt, img.size[0], img.size[1], img.mode, orientation)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit greyscale: scale 0..65535 to 0..255
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode every pixel: EXIF orientation applied, any mode (CMYK, 16-bit, palette, alpha
+    composited on white) to RGB. Truncated or corrupt data raises `ImageError`."""
+    img = _open(data, name, max_pixels)
+    prev = ImageFile.LOAD_TRUNCATED_IMAGES
+    try:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        img.load()
+    except Exception as e:
+        raise ImageError(f"image {name!r} is truncated or corrupt ({type(e).__name__}: {e})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = prev
+    img = ImageOps.exif_transpose(img)
+    return _to_rgb(img)
+
+
+def encode_png(img: Image.Image) -> bytes:
+    """Deterministic lossless PNG bytes of an image."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def canonical_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                          full: bool = False) -> tuple[bytes, ImageInfo]:
+    """Bytes that any reader decodes to the upright RGB image: the original bytes when they
+    already are (no re-encoding, no loss), else a lossless PNG of the normalised pixels.
+    `full=True` decodes every image even when it is kept as-is."""
+    info = inspect_image(data, name, max_pixels)
+    if info.canonical:
+        if full:
+            decode_image(data, name, max_pixels)
+        return data, info
+    img = decode_image(data, name, max_pixels)
+    png = encode_png(img)
+    return png, ImageInfo("PNG", img.size[0], img.size[1], "RGB", 1)
+
+
+def image_to_bytes(obj: Union[bytes, Image.Image, dict], name: str, root: Optional[Path]) -> tuple[bytes, Optional[str]]:
+    """Raw bytes and original path of any image reference a converter meets: bytes, a PIL image,
+    an HF Image struct `{bytes, path}`, or a path string (read under `root`)."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj), None
+    if isinstance(obj, Image.Image):
+        return encode_png(obj), None
+    if isinstance(obj, dict):
+        b, p = obj.get("bytes"), obj.get("path")
+        if b:
+            return bytes(b), p
+        if p:
+            obj = p
+        else:
+            raise ImageError(f"image struct {name!r} has neither bytes nor path")
+    if isinstance(obj, str):
+        if root is None:
+            raise ImageError(f"image {obj!r} is a path but no images root was given")
+        return read_image_file(obj, root), obj
+    raise ImageError(f"image {name!r} has unsupported type {type(obj).__name__}")

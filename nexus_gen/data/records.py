@@ -1,0 +1,120 @@
+"""Reading foreign records line by line with their location, so every bad one can be reported
+as `file:line` and skipped without stopping the run. jsonl, json (array), csv and parquet."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".tsv")
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str
+    line: int  # 1-based line (jsonl/csv: the physical record number; json/parquet: the item number)
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass
+class Record:
+    """One input record, or the reason it could not be read."""
+
+    location: Location
+    data: Optional[dict[str, Any]] = None
+    error: Optional[str] = None
+
+
+def _jsonl(path: Path, name: str) -> Iterator[Record]:
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            loc = Location(name, i)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield Record(loc, error=f"line is not valid UTF-8 ({e.reason} at byte {e.start})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield Record(loc, error=f"bad JSON: {e.msg} at column {e.colno}")
+                continue
+            if not isinstance(obj, dict):
+                yield Record(loc, error=f"expected a JSON object, got {type(obj).__name__}")
+                continue
+            yield Record(loc, data=obj)
+
+
+def _json(path: Path, name: str) -> Iterator[Record]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        # maybe it is json lines under a .json name
+        if isinstance(e, json.JSONDecodeError) and e.msg == "Extra data":
+            yield from _jsonl(path, name)
+            return
+        yield Record(Location(name, getattr(e, "lineno", 0) or 0), error=f"bad JSON file: {e}")
+        return
+    if isinstance(obj, dict):
+        obj = [obj]
+    if not isinstance(obj, list):
+        yield Record(Location(name, 1), error=f"expected a JSON array of objects, got {type(obj).__name__}")
+        return
+    for i, item in enumerate(obj, start=1):
+        loc = Location(name, i)
+        if isinstance(item, dict):
+            yield Record(loc, data=item)
+        else:
+            yield Record(loc, error=f"item {i} is a {type(item).__name__}, not an object")
+
+
+def _csv(path: Path, name: str, delimiter: str) -> Iterator[Record]:
+    with open(path, newline="", encoding="utf-8-sig", errors="strict") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        try:
+            for row in reader:
+                loc = Location(name, reader.line_num)
+                if None in row:
+                    yield Record(loc, error=f"row has {len(row) - 1 + len(row[None])} cells, "
+                                            f"header has {len(reader.fieldnames or [])}")
+                    continue
+                yield Record(loc, data={k: (v if v != "" else None) for k, v in row.items()})
+        except (csv.Error, UnicodeDecodeError) as e:
+            yield Record(Location(name, reader.line_num), error=f"unreadable CSV: {e}")
+
+
+def _parquet(path: Path, name: str) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    i = 0
+    for batch in pf.iter_batches(batch_size=64):
+        for row in batch.to_pylist():
+            i += 1
+            yield Record(Location(name, i), data=row)
+
+
+def read_records(path: Union[str, Path]) -> Iterator[Record]:
+    """Records of a jsonl / json / csv / tsv / parquet file, lazily, each with its location."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input {path} does not exist or is not a file")
+    name = path.name
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _jsonl(path, name)
+    if suffix == ".json":
+        return _json(path, name)
+    if suffix == ".csv":
+        return _csv(path, name, ",")
+    if suffix == ".tsv":
+        return _csv(path, name, "\t")
+    if suffix == ".parquet":
+        return _parquet(path, name)
+    raise ValueError(f"input {path}: unknown table format {suffix!r}; use one of {TABLE_SUFFIXES}")

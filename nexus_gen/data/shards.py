@@ -1,0 +1,261 @@
+"""Parquet shards of unified samples: streamed writing with a bounded buffer, images embedded as
+HF Image structs, atomic rename, a manifest with each shard's rows, bytes and sha256; and a lazy
+reader. The same samples in the same order give the same bytes."""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Union
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nexus_gen.data.schema import FIELDS, arrow_schema, hf_features
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "nexus-gen-shards/1"
+DEFAULT_SHARD_BYTES = 500 * 1024 * 1024
+DEFAULT_ROW_GROUP_BYTES = 64 * 1024 * 1024
+SHARD_GLOB = "shard-*.parquet"
+
+
+class _HashingFile:
+    """A write-only file that hashes what passes through, so a shard's sha256 costs no re-read."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "wb")
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        mv = memoryview(data)
+        self.sha.update(mv)
+        self._f.write(mv)
+        self.size += mv.nbytes
+        return mv.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self.closed = True
+
+    # pyarrow's PythonFile probes these
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+    tasks: dict[str, int] = field(default_factory=dict)
+
+
+def sample_to_row(sample: dict[str, Any]) -> dict[str, Any]:
+    """A sample dict as a parquet row: meta serialised as canonical JSON."""
+    row = {k: sample[k] for k in FIELDS if k != "meta"}
+    row["images"] = [{"bytes": im.get("bytes"), "path": im.get("path")} for im in sample["images"]]
+    row["messages"] = [{"role": m["role"], "content": m["content"]} for m in sample["messages"]]
+    row["meta"] = json.dumps(sample.get("meta") or {}, ensure_ascii=False, sort_keys=True)
+    return row
+
+
+class ShardWriter:
+    """Streams samples into `out_dir/shard-NNNNN.parquet` files of about `shard_bytes` each.
+
+    Rows are buffered up to `row_group_bytes`, then written as one row group, so memory is bounded
+    by the row-group size, not the dataset size. Each shard is written as `.shard-NNNNN.parquet.tmp`
+    and renamed when complete; `close()` writes `manifest.json` last."""
+
+    def __init__(self, out_dir: Union[str, Path], shard_bytes: int = DEFAULT_SHARD_BYTES,
+                 row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES, extra_manifest: Optional[dict] = None):
+        if shard_bytes <= 0 or row_group_bytes <= 0:
+            raise ValueError(f"shard size and row group size must be positive "
+                             f"(got {shard_bytes}, {row_group_bytes})")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.shard_bytes = shard_bytes
+        self.row_group_bytes = min(row_group_bytes, shard_bytes)
+        self.extra_manifest = extra_manifest or {}
+        self.shards: list[ShardInfo] = []
+        self._schema = arrow_schema()
+        self._buf: dict[str, list] = {k: [] for k in FIELDS}
+        self._buf_bytes = 0
+        self._buf_tasks: dict[str, int] = {}
+        self._writer: Optional[pq.ParquetWriter] = None
+        self._file: Optional[_HashingFile] = None
+        self._rows = 0
+        self._tasks: dict[str, int] = {}
+        self._closed = False
+        for stale in list(self.out_dir.glob(SHARD_GLOB)) + list(self.out_dir.glob(".shard-*.tmp")):
+            stale.unlink()  # a rebuild replaces the previous shards of this folder
+        man = self.out_dir / MANIFEST
+        if man.exists():
+            man.unlink()
+
+    def _open_shard(self) -> None:
+        idx = len(self.shards)
+        self._tmp = self.out_dir / f".shard-{idx:05d}.parquet.tmp"
+        self._final = self.out_dir / f"shard-{idx:05d}.parquet"
+        self._file = _HashingFile(self._tmp)
+        self._writer = pq.ParquetWriter(
+            self._file, self._schema, compression="snappy",
+            use_dictionary=["id", "source", "task", "language", "messages.list.element.role"],
+            write_statistics=["id", "source", "task", "language"],
+        )
+        self._rows = 0
+        self._tasks = {}
+
+    def write(self, sample: dict[str, Any]) -> None:
+        if self._closed:
+            raise RuntimeError("ShardWriter is closed")
+        row = sample_to_row(sample)
+        for k in FIELDS:
+            self._buf[k].append(row[k])
+        size = sum(len(im["bytes"] or b"") for im in row["images"]) + len(row["meta"]) + sum(
+            len(m["content"]) for m in row["messages"]) + 64
+        self._buf_bytes += size
+        self._buf_tasks[row["task"]] = self._buf_tasks.get(row["task"], 0) + 1
+        if self._buf_bytes >= self.row_group_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        n = len(self._buf["id"])
+        if not n:
+            return
+        if self._writer is None:
+            self._open_shard()
+        table = pa.Table.from_pydict(self._buf, schema=self._schema)
+        self._writer.write_table(table, row_group_size=n)
+        self._rows += n
+        for t, c in self._buf_tasks.items():
+            self._tasks[t] = self._tasks.get(t, 0) + c
+        self._buf = {k: [] for k in FIELDS}
+        self._buf_bytes = 0
+        self._buf_tasks = {}
+        if self._file.size >= self.shard_bytes:
+            self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        self._writer.close()
+        self._file.close()
+        os.replace(self._tmp, self._final)
+        self.shards.append(ShardInfo(self._final.name, self._rows, self._file.size,
+                                     self._file.sha.hexdigest(), dict(sorted(self._tasks.items()))))
+        log.info("wrote %s (%d rows, %.1f MB)", self._final, self._rows, self._file.size / 1e6)
+        self._writer = None
+        self._file = None
+
+    def close(self) -> dict[str, Any]:
+        """Flush, finish the last shard and write the manifest (last). Returns the manifest."""
+        if self._closed:
+            return read_manifest(self.out_dir)
+        self._flush()
+        if self._writer is not None:
+            self._finish_shard()
+        self._closed = True
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "features": hf_features(),
+            "shards": [s.__dict__ for s in self.shards],
+            "total_rows": sum(s.rows for s in self.shards),
+            "total_bytes": sum(s.bytes for s in self.shards),
+            **self.extra_manifest,
+        }
+        write_json_atomic(self.out_dir / MANIFEST, manifest)
+        return manifest
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._writer is not None:  # leave no half shard behind under the final name
+            self._writer.close()
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_manifest(out_dir: Union[str, Path]) -> dict[str, Any]:
+    p = Path(out_dir) / MANIFEST
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{p} not found: {out_dir} is not a finished shard folder") from None
+
+
+def shard_files(paths: Union[str, Path, Iterable[Union[str, Path]]]) -> list[Path]:
+    """Parquet files named by a folder (its manifest's shards, else every `*.parquet`), a file, a
+    glob, or a list of those; in a stable order."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            if (p / MANIFEST).exists():
+                out += [p / s["file"] for s in read_manifest(p)["shards"]]
+            else:
+                out += sorted(p.glob("*.parquet"))
+        elif p.is_file():
+            out.append(p)
+        else:
+            matches = sorted(glob.glob(str(p)))
+            if not matches:
+                raise FileNotFoundError(f"no shards at {p}")
+            out += [Path(m) for m in matches]
+    return out
+
+
+def row_to_sample(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    try:
+        row["meta"] = json.loads(row.get("meta") or "{}")
+    except json.JSONDecodeError:
+        row["meta"] = {"_unparsed": row.get("meta")}
+    return row
+
+
+def iter_samples(paths: Union[str, Path, Iterable[Union[str, Path]]], batch_size: int = 64,
+                 columns: Optional[list[str]] = None) -> Iterator[dict[str, Any]]:
+    """Lazily yield sample dicts (meta decoded) from shards, one small record batch at a time."""
+    for f in shard_files(paths):
+        pf = pq.ParquetFile(f)
+        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+            for row in batch.to_pylist():
+                yield row_to_sample(row)
+
+
+def count_rows(paths: Union[str, Path, Iterable[Union[str, Path]]]) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in shard_files(paths))
