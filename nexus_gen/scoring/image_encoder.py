@@ -1,0 +1,223 @@
+"""The batched image-embedding pipeline shared by the CLIP and DINO encoders.
+
+Inputs are read and hashed (sha256) in worker threads, de-duplicated and looked up in the
+embedding cache; only distinct misses are decoded and preprocessed, in workers, ahead of the
+forward pass that runs batched on the caller thread under `torch.inference_mode`. A bad image
+yields a per-item error, never a crashed batch."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
+from nexus_gen.scoring.images import ImageInput, ImageLoadError, describe, read_input, to_rgb
+from nexus_gen.scoring.prefetch import OrderedPrefetcher, default_workers
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+@dataclass
+class ImageEmbeddings:
+    """Per-item result of a batched encode: `vectors[i]` is NaN where `errors[i]` is set."""
+
+    vectors: torch.Tensor  # [N, D] float32 cpu, L2-normalised
+    errors: list[Optional[str]]
+    keys: list[Optional[str]]  # content sha256 per item (None if unreadable)
+
+    @property
+    def ok(self) -> torch.Tensor:
+        """Bool mask [N] of items that were encoded."""
+        return torch.tensor([e is None for e in self.errors], dtype=torch.bool)
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class ImageJob:
+    """Encoding of a list of images that started in the background; `result()` finishes it.
+
+    Reading, hashing, decoding and preprocessing begin at construction (in threads), so the
+    caller can run other forward passes (texts) while images are being prepared."""
+
+    def __init__(self, encoder: "ImageEncoderBase", items: list[ImageInput], batch_size: int,
+                 workers: Optional[int], prefetch: Optional[int]) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._enc = encoder
+        self._items = items
+        self._bs = batch_size
+        self._workers = workers or default_workers()
+        self._q: queue.Queue = queue.Queue(maxsize=prefetch or max(8 * batch_size, 64))
+        self._keys: list[Optional[str]] = [None] * len(items)
+        self._item_errors: list[Optional[str]] = [None] * len(items)
+        self._found: dict[str, torch.Tensor] = {}
+        self._errors_by_key: dict[str, str] = {}
+        self._thread = threading.Thread(target=self._drive, name="nexus-image-job", daemon=True)
+        self._thread.start()
+
+    # -- background: read + hash + dedupe + cache lookup, then decode + preprocess misses
+    def _read(self, i: int):
+        item = self._items[i]
+        try:
+            key, content = read_input(item)
+            return i, key, content, None
+        except ImageLoadError as exc:
+            return i, None, None, str(exc)
+        except Exception as exc:  # never let one bad item crash the batch
+            return i, None, None, f"{describe(item)}: cannot read image ({type(exc).__name__}: {exc})"
+
+    def _prepare(self, job: tuple[str, object, str]):
+        key, content, name = job
+        try:
+            img = to_rgb(content, name=name)  # type: ignore[arg-type]
+            return key, self._enc.preprocess(img), None
+        except ImageLoadError as exc:
+            return key, None, str(exc)
+        except Exception as exc:
+            return key, None, f"{name}: cannot preprocess image ({type(exc).__name__}: {exc})"
+
+    def _drive(self) -> None:
+        try:
+            cache, ckey = self._enc.cache, self._enc.cache_key
+            misses: list[tuple[str, object, str]] = []
+            seen: set[str] = set()
+            with ThreadPoolExecutor(max_workers=self._workers) as pool:
+                for i, key, content, err in pool.map(self._read, range(len(self._items))):
+                    if err is not None:
+                        self._item_errors[i] = err
+                        continue
+                    self._keys[i] = key
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    vec = cache.get(ckey, key)
+                    if vec is not None:
+                        self._found[key] = vec
+                    else:
+                        misses.append((key, content, describe(self._items[i])))
+            prefetcher = OrderedPrefetcher(self._prepare, misses, workers=self._workers,
+                                           lookahead=max(2 * self._bs, 2 * self._workers))
+            try:
+                for res in prefetcher:
+                    self._q.put(res)
+            finally:
+                prefetcher.close()
+        except BaseException as exc:  # surfaced in result()
+            self._q.put(_Failure(exc))
+        finally:
+            self._q.put(_DONE)
+
+    # -- caller thread: batched forward passes
+    def _flush(self, batch: list[tuple[str, torch.Tensor]]) -> None:
+        if not batch:
+            return
+        vecs = self._enc.forward_tensors(torch.stack([t for _, t in batch]))
+        for (key, _), vec in zip(batch, vecs):
+            self._found[key] = vec
+            self._enc.cache.put(self._enc.cache_key, key, vec)
+        batch.clear()
+
+    def result(self) -> ImageEmbeddings:
+        """Run the forward passes and return one row per input item."""
+        batch: list[tuple[str, torch.Tensor]] = []
+        while True:
+            res = self._q.get()
+            if res is _DONE:
+                break
+            if isinstance(res, _Failure):
+                raise RuntimeError(f"image pipeline failed: {res.exc}") from res.exc
+            key, tensor, err = res
+            if err is not None:
+                self._errors_by_key[key] = err
+                continue
+            batch.append((key, tensor))
+            if len(batch) >= self._bs:
+                self._flush(batch)
+        self._flush(batch)
+        self._thread.join()
+        dim = self._enc.embed_dim
+        out = torch.full((len(self._items), dim), float("nan"), dtype=torch.float32)
+        errors: list[Optional[str]] = list(self._item_errors)
+        for i, key in enumerate(self._keys):
+            if key is None:
+                continue
+            if key in self._found:
+                out[i] = self._found[key]
+            else:
+                errors[i] = self._errors_by_key.get(key, f"{describe(self._items[i])}: not encoded")
+        n_bad = sum(e is not None for e in errors)
+        if n_bad:
+            log.warning("%d of %d images could not be encoded (first: %s)", n_bad, len(errors),
+                        next(e for e in errors if e is not None))
+        return ImageEmbeddings(vectors=out, errors=errors, keys=list(self._keys))
+
+
+class ImageEncoderBase:
+    """Common batched image API; subclasses set `model_id`, `preprocess`, `embed_dim`, `device`,
+    `dtype` and implement `_forward(batch) -> [B, D]` raw features."""
+
+    model_id: str
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    embed_dim: int
+    device: torch.device
+    dtype: torch.dtype
+    cache: EmbeddingCache
+    images_forwarded: int = 0  # number of images that went through the model
+
+    @property
+    def cache_key(self) -> str:
+        """Cache namespace: the model id plus the compute dtype (bf16 and fp32 differ slightly)."""
+        return f"{self.model_id}|{str(self.dtype).replace('torch.', '')}"
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_tensors(self, batch: torch.Tensor) -> torch.Tensor:
+        """Preprocessed tensors [B, 3, H, W] -> L2-normalised float32 cpu embeddings [B, D]."""
+        batch = batch.to(self.device, dtype=self.dtype)
+        if self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            feats = self._forward(batch)
+        self.images_forwarded += int(batch.shape[0])
+        return F.normalize(feats.float(), dim=-1).cpu()
+
+    def start_images(self, images: Iterable[ImageInput], batch_size: int = 32, *,
+                     workers: Optional[int] = None, prefetch: Optional[int] = None) -> ImageJob:
+        """Begin encoding `images` in the background; call `.result()` for the embeddings."""
+        return ImageJob(self, as_list(images), batch_size, workers, prefetch)
+
+    def embed_images(self, images: Iterable[ImageInput], batch_size: int = 32, *,
+                     workers: Optional[int] = None) -> ImageEmbeddings:
+        """Encode images, keeping going past bad ones (their rows are NaN, with an error)."""
+        return self.start_images(images, batch_size, workers=workers).result()
+
+    def encode_images(self, images: Iterable[ImageInput], batch_size: int = 32) -> torch.Tensor:
+        """[N, D] L2-normalised float32 cpu embeddings; raises `ImageLoadError` naming every bad
+        input (use `embed_images` to get per-item errors instead)."""
+        res = self.embed_images(images, batch_size)
+        bad = [(i, e) for i, e in enumerate(res.errors) if e is not None]
+        if bad:
+            listing = "; ".join(f"item {i}: {e}" for i, e in bad[:5])
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            raise ImageLoadError(f"{len(bad)} of {len(res.errors)} images failed: {listing}{more}")
+        return res.vectors
+
+
+def as_list(images: Union[Iterable[ImageInput], ImageInput]) -> list[ImageInput]:
+    """Accept one image or an iterable of images."""
+    if isinstance(images, (str, bytes, bytearray, memoryview, Image.Image, dict)):
+        return [images]
+    return list(images)
