@@ -1,8 +1,155 @@
-"""`nexus-gen eval ...` and `nexus-gen report`: benchmarks and reports."""
+"""`nexus-gen eval ...` and `nexus-gen report`: benchmarks and reports.
+
+Options are checked before any work (and before Prefect starts); the flows run in-process. The
+last line a benchmark or re-scoring command prints is its summary as JSON."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
 
+log = logging.getLogger(__name__)
+
 app = typer.Typer(help="Benchmarks: GenEval, GenEval-scenes, re-scoring.", no_args_is_help=True)
+
+_GEN_HELP = ("`tiny` (random-init diffusers pipeline), a diffusers pipeline hub id or local folder; "
+             "for geneval-scenes also `ground-truth` or `noise`")
+
+
+def _fail(e: Exception) -> None:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _options(threshold: float, counting_threshold: float, max_objects: int, nms_threshold: float,
+             position_threshold: float) -> dict[str, Any]:
+    return {"threshold": threshold, "counting_threshold": counting_threshold,
+            "max_objects": max_objects, "nms_threshold": nms_threshold,
+            "position_threshold": position_threshold}
+
+
+# Scoring options with the official defaults (eval.geneval.rules.ScoringOptions).
+_THRESHOLD = typer.Option(0.3, help="keep detections scoring above this")
+_COUNTING = typer.Option(0.9, help="the threshold for counting prompts")
+_MAX_OBJECTS = typer.Option(16, help="at most this many detections per class")
+_NMS = typer.Option(1.0, help="per-class NMS IoU threshold (1.0 = off, the official default)")
+_POSITION = typer.Option(0.1, help="the relative-position margin")
+
+
+def _run_benchmark(benchmark: str, **params: Any) -> None:
+    """Check the config, then run the benchmark's flow in-process and print the summary JSON."""
+    from eval.geneval.rules import ScoringOptions
+    from eval.geneval.run import GenEvalConfig, check
+
+    options = params.pop("options")
+    try:
+        check(GenEvalConfig(benchmark=benchmark, options=ScoringOptions.from_mapping(options),
+                            **params))
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    from flows.evaluate import geneval_flow, geneval_scenes_flow
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    flow = geneval_flow if benchmark == "geneval" else geneval_scenes_flow
+    params["out"] = str(params["out"])
+    params["prompts"] = str(params["prompts"]) if params.get("prompts") else None
+    summary = flow(options=options, **params)
+    typer.echo(f"report: {Path(params['out']) / 'report.html'}")
+    typer.echo(json.dumps(summary, sort_keys=False))
+
+
+@app.command("geneval")
+def geneval(
+    generator: str = typer.Option(..., help=_GEN_HELP),
+    out: Path = typer.Option(..., help="run directory (resumable: existing images are kept)"),
+    limit: Optional[int] = typer.Option(None, help="a tag-balanced subset of this many prompts"),
+    n_images: int = typer.Option(4, help="images per prompt"),
+    seed: int = typer.Option(0, help="base seed; each image's seed derives from it"),
+    batch_size: int = typer.Option(1, help="images per generator call (1 = byte-exact resume)"),
+    device: str = typer.Option("cpu"), dtype: str = typer.Option("float32"),
+    steps: Optional[int] = typer.Option(None, help="inference steps (diffusers)"),
+    guidance: Optional[float] = typer.Option(None, help="guidance scale (diffusers)"),
+    size: Optional[int] = typer.Option(None, help="image size in pixels"),
+    detector: str = typer.Option("paper", help="`paper` (Mask2Former Swin-S COCO), `tiny`, hub id, folder"),
+    clip: str = typer.Option("paper", help="colour classifier CLIP (`paper` = ViT-L-14 openai)"),
+    prompts: Optional[Path] = typer.Option(None, help="a prompt file instead of the official one"),
+    threshold: float = _THRESHOLD, counting_threshold: float = _COUNTING,
+    max_objects: int = _MAX_OBJECTS, nms_threshold: float = _NMS,
+    position_threshold: float = _POSITION,
+) -> None:
+    """GenEval: generate, detect, score and report as one flow."""
+    _run_benchmark("geneval", generator=generator, out=out, limit=limit, n_images=n_images,
+                   seed=seed, batch_size=batch_size, device=device, dtype=dtype, steps=steps,
+                   guidance=guidance, size=size, detector=detector, clip=clip, prompts=prompts,
+                   options=_options(threshold, counting_threshold, max_objects, nms_threshold,
+                                    position_threshold))
+
+
+@app.command("geneval-scenes")
+def geneval_scenes(
+    generator: str = typer.Option(..., help=_GEN_HELP),
+    out: Path = typer.Option(..., help="run directory (resumable: existing images are kept)"),
+    limit: Optional[int] = typer.Option(None, help="a tag-balanced subset of this many prompts"),
+    n_images: int = typer.Option(4, help="images per prompt"),
+    seed: int = typer.Option(0, help="base seed; each image's seed derives from it"),
+    batch_size: int = typer.Option(1, help="images per generator call (1 = byte-exact resume)"),
+    device: str = typer.Option("cpu"), dtype: str = typer.Option("float32"),
+    steps: Optional[int] = typer.Option(None, help="inference steps (diffusers)"),
+    guidance: Optional[float] = typer.Option(None, help="guidance scale (diffusers)"),
+    size: Optional[int] = typer.Option(None, help="image size in pixels"),
+    prompts: Optional[Path] = typer.Option(None, help="a prompt file instead of the scenes set"),
+    threshold: float = _THRESHOLD, counting_threshold: float = _COUNTING,
+    max_objects: int = _MAX_OBJECTS, nms_threshold: float = _NMS,
+    position_threshold: float = _POSITION,
+) -> None:
+    """GenEval-scenes, offline: scenes prompts, the pixel detector, the same scorer and report."""
+    _run_benchmark("geneval-scenes", generator=generator, out=out, limit=limit, n_images=n_images,
+                   seed=seed, batch_size=batch_size, device=device, dtype=dtype, steps=steps,
+                   guidance=guidance, size=size, prompts=prompts,
+                   options=_options(threshold, counting_threshold, max_objects, nms_threshold,
+                                    position_threshold))
+
+
+@app.command("geneval-score")
+def geneval_score(
+    detections: Path = typer.Argument(..., help="a detections.jsonl written by a GenEval run"),
+    out: Path = typer.Option(..., help="results.jsonl to write (official rows)"),
+    threshold: float = _THRESHOLD, counting_threshold: float = _COUNTING,
+    max_objects: int = _MAX_OBJECTS, nms_threshold: float = _NMS,
+    position_threshold: float = _POSITION,
+    clip: str = typer.Option("paper", help="CLIP for colours the file does not store"),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Re-score a detections file with other options, without a detector; prints the summary."""
+    from eval.geneval.rules import ScoringOptions
+    from eval.geneval.score import rescore_file
+
+    try:
+        options = ScoringOptions.from_mapping(_options(threshold, counting_threshold, max_objects,
+                                                       nms_threshold, position_threshold))
+        if not detections.is_file():
+            raise FileNotFoundError(f"detections file {detections} does not exist")
+        summary = rescore_file(detections, out, options, clip=clip, device=device)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    typer.echo(json.dumps(summary))
+
+
+def report(run_dir: Path = typer.Argument(..., help="a benchmark run directory (has config.json)")) -> None:
+    """Write report.md and a self-contained report.html for a benchmark run directory."""
+    from eval.report import write_run_report
+
+    try:
+        _, md, html = write_run_report(run_dir)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    typer.echo(f"wrote {md}")
+    typer.echo(f"wrote {html}")
 
 
 def register_report(root: typer.Typer) -> None:
     """Add `nexus-gen report RUN_DIR` to the root app."""
+    root.command("report")(report)

@@ -197,7 +197,7 @@ def _check_generation_record(out: Path, record: dict[str, Any]) -> None:
     if not p.is_file():
         return
     old = json.loads(p.read_text(encoding="utf-8"))
-    for key in ("model_id", "base_seed", "settings"):
+    for key in ("model_id", "base_seed", "settings", "n_images"):
         if old.get(key) != record.get(key):
             raise ValueError(
                 f"{out} already holds images from another generation ({key}: {old.get(key)!r} there, "

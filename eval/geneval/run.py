@@ -1,0 +1,327 @@
+"""One GenEval run as plain functions: check the config (before any work), generate, detect and
+score, report. The Prefect flow wraps these same steps as tasks; tests call them directly.
+
+A run directory holds the images in the official layout, `config.json` (generator, prompt set,
+seeds, options, versions), `generation.json`, `detections.jsonl`, `results.jsonl`,
+`summary.json`, `report.md` and `report.html`."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from eval.geneval.generate import (SCENES_ONLY, GeneratorSpec, check_generator_name,
+                                   generate_images, make_generator)
+from eval.geneval.rules import ScoringOptions, validate_metadata
+
+log = logging.getLogger(__name__)
+
+_REPO = Path(__file__).resolve().parents[2]
+PROMPT_SETS: dict[str, Path] = {
+    "geneval": Path(__file__).resolve().parent / "prompts" / "evaluation_metadata.jsonl",
+    "scenes": _REPO / "datasets_spec" / "geneval_scenes" / "evaluation_metadata.jsonl",
+}
+BENCHMARK_PROMPT_SET = {"geneval": "geneval", "geneval-scenes": "scenes"}
+SCENES_DETECTOR = "scenes-pixel"
+CONFIG_FILE, SUMMARY_FILE = "config.json", "summary.json"
+
+
+@dataclass
+class GenEvalConfig:
+    """Everything a GenEval run depends on. `benchmark` is `geneval` (COCO prompts, Mask2Former,
+    CLIP colours) or `geneval-scenes` (scenes prompts, the pixel detector, fully offline)."""
+
+    generator: str
+    out: Path
+    benchmark: str = "geneval"
+    prompts: Optional[Path] = None  # default: the benchmark's prompt set
+    limit: Optional[int] = None  # a tag-balanced subset of this many prompts
+    n_images: int = 4
+    seed: int = 0
+    batch_size: int = 1
+    device: str = "cpu"
+    dtype: str = "float32"
+    steps: Optional[int] = None
+    guidance: Optional[float] = None
+    size: Optional[int] = None
+    detector: Optional[str] = None  # geneval: paper | tiny | hub id | folder; scenes: scenes-pixel
+    clip: str = "paper"  # colour classifier for geneval (see eval.geneval.color)
+    options: ScoringOptions = field(default_factory=ScoringOptions)
+
+    def generator_spec(self) -> GeneratorSpec:
+        return GeneratorSpec(self.generator, device=self.device, dtype=self.dtype, steps=self.steps,
+                             guidance=self.guidance, size=self.size)
+
+
+@dataclass
+class Plan:
+    """A checked config with its resolved prompt set: what the steps run on."""
+
+    config: GenEvalConfig
+    out: Path
+    prompt_file: Path
+    prompt_set: str
+    prompts: list[tuple[int, dict[str, Any]]]
+    n_total: int
+    detector: str
+
+
+def read_prompts(path: Path) -> list[dict[str, Any]]:
+    """Every record of a GenEval prompt file, validated; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            validate_metadata(rec)
+        except (json.JSONDecodeError, ValueError) as e:
+            raise ValueError(f"{path}:{lineno}: not a GenEval prompt record: {e}") from e
+        out.append(rec)
+    if not out:
+        raise ValueError(f"prompt file {path} has no prompts")
+    return out
+
+
+def select_prompts(records: list[dict[str, Any]], limit: Optional[int]) -> list[tuple[int, dict[str, Any]]]:
+    """(index, record) pairs: all of them, or `limit` taken round-robin over the tags (in file
+    order) so a small subset still covers every tag; indices stay those of the full file."""
+    indexed = list(enumerate(records))
+    if limit is None or limit >= len(indexed):
+        return indexed
+    by_tag: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for item in indexed:
+        by_tag.setdefault(item[1]["tag"], []).append(item)
+    queues = list(by_tag.values())
+    chosen: list[tuple[int, dict[str, Any]]] = []
+    depth = 0
+    while len(chosen) < limit:
+        for q in queues:
+            if depth < len(q) and len(chosen) < limit:
+                chosen.append(q[depth])
+        depth += 1
+    return sorted(chosen, key=lambda x: x[0])
+
+
+def _check_hub_source(name: str, what: str, probe: str) -> None:
+    """With the hub offline, a hub id must already be in the local cache: say so before any work."""
+    if Path(name).is_dir():
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, probe), str):
+        raise ValueError(f"{what} {name!r} is not in the local Hugging Face cache and the hub is "
+                         f"offline (HF_HUB_OFFLINE=1): download it first, pass a local folder, "
+                         f"or use a tiny/offline choice")
+
+
+def check(config: GenEvalConfig) -> Plan:
+    """Check every option and input without touching the disk; return the plan.
+    Raises ValueError/FileNotFoundError with a message naming the bad input and the problem."""
+    c = config
+    if c.benchmark not in BENCHMARK_PROMPT_SET:
+        raise ValueError(f"unknown benchmark {c.benchmark!r}; use one of {sorted(BENCHMARK_PROMPT_SET)}")
+    if c.limit is not None and c.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {c.limit}")
+    for name, v, lo in (("--n-images", c.n_images, 1), ("--batch-size", c.batch_size, 1)):
+        if v < lo:
+            raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if c.steps is not None and c.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {c.steps}")
+    if c.size is not None and (c.size < 8 or c.size % 8):
+        raise ValueError(f"--size must be a multiple of 8 and >= 8, got {c.size}")
+    kind = check_generator_name(c.generator)
+    scenes = c.benchmark == "geneval-scenes"
+    if c.generator in SCENES_ONLY and not scenes:
+        raise ValueError(f"generator {c.generator!r} renders scenes prompts only: use "
+                         f"`nexus-gen eval geneval-scenes`")
+    if kind == "hub":
+        _check_hub_source(c.generator, "generator", "model_index.json")
+    import torch
+
+    try:
+        dev = torch.device(c.device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {c.device!r} is not a torch device ({e})") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {c.device!r}: CUDA is not available on this machine")
+    if not isinstance(getattr(torch, c.dtype, None), torch.dtype):
+        raise ValueError(f"--dtype {c.dtype!r} is not a torch dtype (float32, float16, bfloat16)")
+    detector = c.detector or (SCENES_DETECTOR if scenes else "paper")
+    if scenes and detector != SCENES_DETECTOR:
+        raise ValueError(f"geneval-scenes scores with the pixel detector only ({SCENES_DETECTOR!r}), "
+                         f"got --detector {detector!r}")
+    if not scenes:
+        if detector == SCENES_DETECTOR:
+            raise ValueError(f"detector {SCENES_DETECTOR!r} knows only the scenes shapes: use "
+                             f"`nexus-gen eval geneval-scenes`")
+        if detector not in ("paper", "default", "tiny"):
+            _check_hub_source(detector, "detector", "config.json")
+        elif detector in ("paper", "default"):
+            from eval.geneval.detect import PAPER_DETECTOR
+
+            _check_hub_source(PAPER_DETECTOR, "detector", "config.json")
+    prompt_set = BENCHMARK_PROMPT_SET[c.benchmark] if c.prompts is None else "custom"
+    prompt_file = Path(c.prompts) if c.prompts is not None else PROMPT_SETS[prompt_set]
+    if not prompt_file.is_file():
+        raise FileNotFoundError(f"prompt file {prompt_file} (prompt set {prompt_set!r}) does not exist")
+    records = read_prompts(prompt_file)
+    prompts = select_prompts(records, c.limit)
+    out = Path(c.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    return Plan(config=c, out=out, prompt_file=prompt_file, prompt_set=prompt_set, prompts=prompts,
+                n_total=len(records), detector=detector)
+
+
+def prepare(config: GenEvalConfig) -> Plan:
+    """`check` the config (before any work), then create the run directory and write `config.json`."""
+    plan = check(config)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    write_config(plan)
+    log.info("GenEval run %s: %s on %d of %d prompts (%s), %d images each", plan.out,
+             config.generator, len(plan.prompts), plan.n_total, plan.prompt_set, config.n_images)
+    return plan
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("nexus-gen", "torch", "diffusers", "transformers", "open_clip_torch", "numpy", "pillow"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _display_path(path: Path) -> str:
+    """A path relative to the repository when inside it (same config on every checkout)."""
+    try:
+        return str(Path(path).resolve().relative_to(_REPO))
+    except ValueError:
+        return str(path)
+
+
+def config_record(plan: Plan) -> dict[str, Any]:
+    """The run's `config.json` content (no timestamps: the same run gives the same bytes)."""
+    c = plan.config
+    data = plan.prompt_file.read_bytes()
+    return {
+        "benchmark": c.benchmark,
+        "generator": c.generator_spec().to_json(),
+        "prompt_set": {"name": plan.prompt_set, "file": _display_path(plan.prompt_file),
+                       "sha256": hashlib.sha256(data).hexdigest(), "n_total": plan.n_total,
+                       "n_used": len(plan.prompts), "limit": c.limit, "rewriting": False,
+                       "indices": [i for i, _ in plan.prompts] if c.limit is not None else "all"},
+        "n_images": c.n_images,
+        "base_seed": c.seed,
+        "batch_size": c.batch_size,
+        "detector": {"name": plan.detector},
+        "classifier": {"name": "detector colours (scenes palette)"
+                       if plan.detector == SCENES_DETECTOR else c.clip},
+        "options": c.options.to_dict(),
+        "versions": versions(),
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_config(plan: Plan, **extra: Any) -> dict[str, Any]:
+    """(Re)write `config.json`, keeping what later steps added (generation record, model ids)."""
+    path = plan.out / CONFIG_FILE
+    record = config_record(plan)
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        for key in ("generation",):
+            if key in old:
+                record[key] = old[key]
+        if "model_id" in old.get("detector", {}):
+            record["detector"]["model_id"] = old["detector"]["model_id"]
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(record.get(key), dict):
+            record[key] = {**record[key], **value}
+        else:
+            record[key] = value
+    _write_json(path, record)
+    return record
+
+
+def generate_step(plan: Plan) -> dict[str, int]:
+    """Load the generator and write the missing images; record model id and seeds."""
+    c = plan.config
+    generator = make_generator(c.generator_spec())
+    res = generate_images(generator, plan.prompts, plan.out, n_images=c.n_images, base_seed=c.seed,
+                          batch_size=c.batch_size, settings=c.generator_spec().to_json())
+    gen = json.loads((plan.out / "generation.json").read_text(encoding="utf-8"))
+    write_config(plan, generation=gen)
+    return {"generated": res.generated, "kept": res.kept}
+
+
+def _scenes_detector():
+    from nexus_gen.scenes.detect import detect
+
+    return detect
+
+
+def score_step(plan: Plan) -> dict[str, Any]:
+    """Detect (resumable) and score the run's images of this plan's prompts; write summary.json."""
+    from eval.geneval.score import score_folder
+
+    c = plan.config
+    wanted = {f"{i:05d}" for i, _ in plan.prompts}
+    stray = sorted(p.name for p in plan.out.iterdir()
+                   if p.is_dir() and p.name.isdigit() and p.name not in wanted)
+    if stray:
+        raise ValueError(f"{plan.out} holds prompt folders outside this run's prompts "
+                         f"({', '.join(stray[:5])}...): use a new --out or the same --limit")
+    if plan.detector == SCENES_DETECTOR:
+        detector, model_id = _scenes_detector(), "nexus_gen.scenes.detect (pixel detector, no weights)"
+    else:
+        from eval.geneval.detect import load_detector
+
+        detector = load_detector(plan.detector, device=c.device)
+        model_id = detector.model_id
+    write_config(plan, detector={"model_id": model_id})
+    _, summary = score_folder(plan.out, detector, options=c.options, clip=c.clip, device=c.device)
+    _write_json(plan.out / SUMMARY_FILE, summary)
+    return summary
+
+
+def report_step(plan: Plan):
+    """Write report.md and report.html into the run directory; return (Report, md, html)."""
+    from eval.report import write_run_report
+
+    return write_run_report(plan.out)
+
+
+def run_geneval(config: GenEvalConfig) -> dict[str, Any]:
+    """The whole benchmark without Prefect: prepare, generate, score, report; returns the summary."""
+    plan = prepare(config)
+    generate_step(plan)
+    summary = score_step(plan)
+    report_step(plan)
+    log.info("GenEval %s: overall %.4f (%s)", config.generator, summary["overall"], plan.out)
+    return summary
+
+
+def config_to_json(config: GenEvalConfig) -> dict[str, Any]:
+    """A JSON-safe dict of the config (for logs and flow parameters)."""
+    d = asdict(config)
+    d["out"] = str(config.out)
+    d["prompts"] = str(config.prompts) if config.prompts else None
+    return d
