@@ -231,6 +231,19 @@ def test_score_folder_resumes_and_gives_the_same_bytes(tmp_path):
     assert detector.calls == 0  # everything already detected
 
 
+def test_score_folder_selected_prompts_keep_other_detections(tmp_path):
+    out, detector = make_folder(tmp_path)
+    score_folder(out, detector)
+    detector.calls = 0
+    rows, s = score_folder(out, detector, indices=[1, 2])
+    assert detector.calls == 0 and len(rows) == 4 and s["n_prompts"] == 2
+    assert [r["tag"] for r in rows] == ["counting", "counting", "colors", "colors"]
+    assert len((out / "detections.jsonl").read_text().splitlines()) == 6  # nothing dropped
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+    with pytest.raises(ValueError, match="among the selected prompts"):
+        score_folder(out, detector, indices=[7])
+
+
 def test_score_folder_rejects_empty_and_needs_colours(tmp_path):
     write_metadata(tmp_path / "e", 0, DOG)
     with pytest.raises(ValueError, match="has no images"):

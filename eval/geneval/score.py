@@ -177,31 +177,39 @@ def _unique(records: Iterable[ImageRecord], source: Path) -> list[ImageRecord]:
 def score_folder(out_dir: Path, detector: Detector,
                  classifier: Optional[ColorClassifierLike] = None,
                  options: ScoringOptions = ScoringOptions(), *, clip: str = "paper",
-                 device: str = "cpu") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                 device: str = "cpu", indices: Optional[Iterable[int]] = None,
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score a GenEval layout folder: `<out>/detections.jsonl` (resumable: images already in it
     are not detected again) and `<out>/results.jsonl`; returns (rows, summary).
-    Without `classifier`, the CLIP colour classifier `clip` is loaded when first needed."""
+    Without `classifier`, the CLIP colour classifier `clip` is loaded when first needed.
+    `indices` restricts scoring to those prompt folders (default: every prompt folder)."""
     out_dir = Path(out_dir)
-    images = list(iter_images(out_dir))
+    every = list(iter_images(out_dir))
+    images = every
+    if indices is not None:
+        wanted = set(indices)
+        images = [img for img in every if img.index in wanted]
     if not images:
-        raise ValueError(f"GenEval folder {out_dir} has no images (<idx>/samples/<n>.png)")
+        raise ValueError(f"GenEval folder {out_dir} has no images (<idx>/samples/<n>.png)"
+                         + (" among the selected prompts" if indices is not None else ""))
     classifier = classifier or _LazyClassifier(clip, device)
     det_path = out_dir / DETECTIONS_FILE
     drop_unterminated_tail(det_path)
-    done: dict[tuple[str, ...], ImageRecord] = {}
+    done: set[tuple[str, ...]] = set()
     if det_path.exists():
-        done = {_layout_key(r.filename): r for r in _unique(read_records(det_path), det_path)}
+        done = {_layout_key(r.filename) for r in _unique(read_records(det_path), det_path)}
     todo = [img for img in images if _layout_key(str(img.path)) not in done]
     log.info("GenEval scoring %s: %d images, %d already detected, %d to detect",
              out_dir, len(images), len(images) - len(todo), len(todo))
     _detect_all(todo, det_path, detector, classifier, options)
     by_key = {_layout_key(r.filename): r for r in read_records(det_path)}
-    extra = set(by_key) - {_layout_key(str(img.path)) for img in images}
-    if extra:
-        log.warning("%s: %d records are not images of the folder any more; ignored",
-                    det_path, len(extra))
+    # Rewrite in layout order (same bytes whatever the resume history); records of images
+    # outside the selection or no longer in the folder are kept, after the folder's own.
+    order = [k for k in (_layout_key(str(img.path)) for img in every) if k in by_key]
+    in_folder = set(order)
+    order += [k for k in by_key if k not in in_folder]
+    write_jsonl((by_key[k].to_json() for k in order), det_path)
     records = [by_key[_layout_key(str(img.path))] for img in images]
-    write_jsonl((r.to_json() for r in records), det_path)  # layout order: same bytes on resume
     rows = score_records(records, options, classifier, image_base=out_dir)
     write_jsonl(rows, out_dir / RESULTS_FILE)
     summary = summarize(rows)
