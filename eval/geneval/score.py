@@ -50,7 +50,14 @@ class _LazyClassifier:
             from eval.geneval.color import ColorClassifier
 
             log.info("loading the CLIP colour classifier %r", self.clip)
-            self._inner = ColorClassifier.load(self.clip, device=self.device)
+            try:
+                self._inner = ColorClassifier.load(self.clip, device=self.device)
+            except (OSError, RuntimeError, ValueError) as e:
+                raise ValueError(
+                    f"a colour clause on {classname!r} has detections without a stored 'color', "
+                    f"and the CLIP colour classifier {self.clip!r} cannot be loaded: {e}. Store "
+                    "colours in the detections file or choose another CLIP (e.g. a local one)"
+                ) from e
         return self._inner.classify(image, classname, objects)
 
 
