@@ -141,6 +141,8 @@ GOOD = {"filename": "a.png", "metadata": DOG, "detections": {"dog": [{"box": [0,
      "not in \\[0, 1\\]"),
     ({"filename": "b.png", "metadata": DOG,
       "detections": {"dog": [{"box": [0, 0, 1, 1], "score": 0.5, "color": "grey"}]}}, "colour 'grey'"),
+    ('{"filename": "b.png", "metadata": %s, "detections": {"dog": [{"box": [0, NaN, 1, 1], '
+     '"score": 0.5}]}}' % json.dumps(DOG), "non-finite"),
     (GOOD, "repeats image"),
 ])
 def test_bad_detection_lines_name_file_and_line(tmp_path, bad, msg):

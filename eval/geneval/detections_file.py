@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,9 @@ def parse_record(obj: Any, where: str) -> ImageRecord:
                 d = Detection.from_json(cls, dict(item))
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{what}: {e}") from e
-            if not 0.0 <= d.score <= 1.0 or d.score != d.score:
+            if not all(math.isfinite(v) for v in d.box):
+                raise ValueError(f"{what}: box {item['box']!r} has a non-finite value")
+            if not 0.0 <= d.score <= 1.0:
                 raise ValueError(f"{what}: score {item['score']!r} is not in [0, 1]")
             if d.color is not None and d.color not in COLORS:
                 raise ValueError(f"{what}: colour {d.color!r} is not one of {COLORS}")
