@@ -20,7 +20,7 @@ def _size(text: str) -> int:
         if t and t[-1] in units:
             return int(float(t[:-1]) * units[t[-1]])
         return int(t)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise typer.BadParameter(f"{text!r} is not a size (e.g. 500MB, 64M, 1G, 1048576)") from None
 
 
@@ -53,6 +53,8 @@ def convert(
         raise typer.BadParameter(f"{input_path} does not exist or is not a file", param_hint="INPUT")
     if images_root is not None and not images_root.is_dir():
         raise typer.BadParameter(f"{images_root} is not a directory", param_hint="--images-root")
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
     n_workers = workers or max(4, os.cpu_count() or 1)
     try:
         summary = convert_file(fmt, input_path, out, images_root=images_root, source=source, language=language,

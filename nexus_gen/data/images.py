@@ -46,6 +46,12 @@ def resolve_image_path(ref: str, root: Union[str, Path]) -> Path:
         raise ImageError(f"image reference {ref!r} is not a non-empty path string")
     if "://" in ref:
         raise ImageError(f"image {ref!r} is a URL; only local files under the images root are read")
+    if "\x00" in ref:
+        raise ImageError(f"image path {ref!r} contains a NUL character")
+    try:
+        ref.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ImageError(f"image path {ref!r} is not valid UTF-8 ({e.reason})") from None
     root_real = Path(os.path.realpath(root))
     cand = Path(ref) if os.path.isabs(ref) else root_real / ref
     real = Path(os.path.realpath(cand))
@@ -175,6 +181,10 @@ def image_to_bytes(obj: Union[bytes, Image.Image, dict], name: str, root: Option
     if isinstance(obj, dict):
         b, p = obj.get("bytes"), obj.get("path")
         if b:
+            if not isinstance(b, (bytes, bytearray, memoryview)):
+                raise ImageError(f"image struct {name!r}: 'bytes' should be binary, got {type(b).__name__}")
+            if p is not None and not isinstance(p, str):
+                raise ImageError(f"image struct {name!r}: 'path' should be a string, got {type(p).__name__}")
             return bytes(b), p
         if p:
             obj = p

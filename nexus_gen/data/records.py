@@ -34,7 +34,7 @@ def _jsonl(path: Path, name: str) -> Iterator[Record]:
         for i, raw in enumerate(f, start=1):
             loc = Location(name, i)
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if i == 1 else "utf-8")  # a BOM may open the file
             except UnicodeDecodeError as e:
                 yield Record(loc, error=f"line is not valid UTF-8 ({e.reason} at byte {e.start})")
                 continue
@@ -53,7 +53,7 @@ def _jsonl(path: Path, name: str) -> Iterator[Record]:
 
 def _json(path: Path, name: str) -> Iterator[Record]:
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         # maybe it is json lines under a .json name
         if isinstance(e, json.JSONDecodeError) and e.msg == "Extra data":
@@ -89,10 +89,17 @@ def _csv(path: Path, name: str, delimiter: str) -> Iterator[Record]:
             yield Record(Location(name, reader.line_num), error=f"unreadable CSV: {e}")
 
 
-def _parquet(path: Path, name: str) -> Iterator[Record]:
+def _open_parquet(path: Path):
+    """The file opened now, so an unreadable parquet fails before any work (not mid-run)."""
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:
+        raise ValueError(f"input {path} is not a readable parquet file ({type(e).__name__}: {e})") from None
+
+
+def _parquet(pf, name: str) -> Iterator[Record]:
     i = 0
     for batch in pf.iter_batches(batch_size=64):
         for row in batch.to_pylist():
@@ -116,5 +123,5 @@ def read_records(path: Union[str, Path]) -> Iterator[Record]:
     if suffix == ".tsv":
         return _csv(path, name, "\t")
     if suffix == ".parquet":
-        return _parquet(path, name)
+        return _parquet(_open_parquet(path), name)
     raise ValueError(f"input {path}: unknown table format {suffix!r}; use one of {TABLE_SUFFIXES}")

@@ -116,6 +116,8 @@ def build_sample(draft: Draft, opts: BuildOptions) -> dict[str, Any]:
             raise DraftError(str(e)) from None
         except OSError as e:
             raise DraftError(f"image {name!r}: {e}") from None
+        except Exception as e:  # odd files make PIL raise anything; a bad image must not stop the run
+            raise DraftError(f"image {name!r} could not be read ({type(e).__name__}: {e})") from None
         images.append({"bytes": data, "path": path})
         hashes.append(hashlib.sha256(data).hexdigest())
     messages = draft.messages
@@ -216,7 +218,12 @@ def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: Build
                 summary.rejected += 1
                 k = _reason_kind(res.reason)
                 summary.reasons[k] = summary.reasons.get(k, 0) + 1
-                rej.write(json.dumps(res.to_json(), ensure_ascii=False) + "\n")
+                line = json.dumps(res.to_json(), ensure_ascii=False)
+                try:
+                    line.encode("utf-8")
+                except UnicodeEncodeError:  # an id with a lone surrogate: keep it, \u-escaped
+                    line = json.dumps(res.to_json())
+                rej.write(line + "\n")
                 log.warning("rejected %s: %s", res.location, res.reason)
             else:
                 seen.add(res["id"])
