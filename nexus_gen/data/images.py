@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from nexus_gen.data.image_header import sniff
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; raise it explicitly for giant scans
 KEEP_FORMATS = {"PNG", "JPEG", "WEBP"}  # stored as-is when already RGB and upright
@@ -39,36 +42,72 @@ class ImageInfo:
         return self.format in KEEP_FORMATS and self.mode == "RGB" and self.orientation in (0, 1)
 
 
+class ImagesRoot:
+    """Reads image files named relative to a root, never outside it: refuses URLs, `..` escapes,
+    absolute paths elsewhere and symlinks that point out. Directory checks are cached, so a file
+    costs one open and one fstat."""
+
+    def __init__(self, root: Union[str, Path]):
+        self.root = os.path.realpath(root)
+        if not os.path.isdir(self.root):
+            raise ImageError(f"images root {root} is not a directory")
+        self._dirs: dict[str, str] = {}
+
+    def _inside(self, real: str) -> bool:
+        return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
+
+    def resolve(self, ref: str) -> str:
+        if not isinstance(ref, str) or not ref.strip():
+            raise ImageError(f"image reference {ref!r} is not a non-empty path string")
+        if "://" in ref:
+            raise ImageError(f"image {ref!r} is a URL; only local files under the images root are read")
+        cand = ref if os.path.isabs(ref) else os.path.join(self.root, ref)
+        head, tail = os.path.split(cand)
+        if tail in ("", ".", ".."):
+            raise ImageError(f"image path {ref!r} names a directory, not a file")
+        real_dir = self._dirs.get(head)
+        if real_dir is None:
+            real_dir = os.path.realpath(head)
+            if len(self._dirs) < 65536:
+                self._dirs[head] = real_dir
+        path = os.path.join(real_dir, tail)
+        if not self._inside(path):
+            raise ImageError(f"image path {ref!r} escapes the images root {self.root}")
+        return path
+
+    def read(self, ref: str) -> bytes:
+        path = self.resolve(ref)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise ImageError(f"image file {ref!r} not found under the images root {self.root}") from None
+        except IsADirectoryError:
+            raise ImageError(f"image path {ref!r} is not a regular file") from None
+        except OSError as e:
+            if os.path.islink(path):  # a symlink: follow it only if it stays inside the root
+                real = os.path.realpath(path)
+                if not self._inside(real):
+                    raise ImageError(f"image path {ref!r} is a symlink that escapes the images root "
+                                     f"{self.root}") from None
+                return self.read(os.path.relpath(real, self.root))
+            raise ImageError(f"image file {ref!r} cannot be opened: {e.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageError(f"image path {ref!r} is not a regular file")
+            data = f.read()
+        if not data:
+            raise ImageError(f"image file {ref!r} is empty (0 bytes)")
+        return data
+
+
 def resolve_image_path(ref: str, root: Union[str, Path]) -> Path:
-    """The file `ref` names inside `root`; refuses URLs and anything that escapes the root
-    (`..`, absolute paths elsewhere, symlinks pointing out)."""
-    if not isinstance(ref, str) or not ref.strip():
-        raise ImageError(f"image reference {ref!r} is not a non-empty path string")
-    if "://" in ref:
-        raise ImageError(f"image {ref!r} is a URL; only local files under the images root are read")
-    if "\x00" in ref:
-        raise ImageError(f"image path {ref!r} contains a NUL character")
-    try:
-        ref.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ImageError(f"image path {ref!r} is not valid UTF-8 ({e.reason})") from None
-    root_real = Path(os.path.realpath(root))
-    cand = Path(ref) if os.path.isabs(ref) else root_real / ref
-    real = Path(os.path.realpath(cand))
-    if real != root_real and root_real not in real.parents:
-        raise ImageError(f"image path {ref!r} escapes the images root {root_real}")
-    if not real.exists():
-        raise ImageError(f"image file {ref!r} not found under the images root {root_real}")
-    if not real.is_file():
-        raise ImageError(f"image path {ref!r} is not a regular file")
-    return real
+    """The file `ref` names inside `root` (see `ImagesRoot`)."""
+    return Path(ImagesRoot(root).resolve(ref))
 
 
-def read_image_file(ref: str, root: Union[str, Path]) -> bytes:
-    data = resolve_image_path(ref, root).read_bytes()
-    if not data:
-        raise ImageError(f"image file {ref!r} is empty (0 bytes)")
-    return data
+def read_image_file(ref: str, root: Union[str, Path, "ImagesRoot"]) -> bytes:
+    return (root if isinstance(root, ImagesRoot) else ImagesRoot(root)).read(ref)
 
 
 def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
@@ -94,17 +133,30 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     return img
 
 
+def _check_end(fmt: str, data: bytes, name: str) -> None:
+    if fmt == "PNG" and data.rfind(_PNG_END) < 0:
+        raise ImageError(f"image {name!r} is a truncated PNG (no IEND chunk)")
+    if fmt == "JPEG" and _JPEG_EOI not in data[-1024:]:
+        raise ImageError(f"image {name!r} is a truncated JPEG (no end-of-image marker)")
+
+
 def inspect_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Header-level check: a known format, a sane pixel count, and for PNG/JPEG an intact end
     marker (catches truncated files without decoding). Other formats are fully decoded."""
+    if not data:
+        raise ImageError(f"image {name!r} is empty (0 bytes)")
+    fast = sniff(data)
+    if fast is not None:  # plain PNG/JPEG: header read directly, no PIL object
+        fmt, w, h, mode, orientation = fast
+        if w * h > max_pixels:
+            raise ImageError(f"image {name!r} is {w}x{h} = {w * h:,} pixels, over the "
+                             f"{max_pixels:,}-pixel guard (a decompression bomb or an oversized image)")
+        _check_end(fmt, data, name)
+        return ImageInfo(fmt, w, h, mode, orientation)
     img = _open(data, name, max_pixels)
     fmt = img.format or "?"
-    if fmt == "PNG":
-        if data.rfind(_PNG_END) < 0:
-            raise ImageError(f"image {name!r} is a truncated PNG (no IEND chunk)")
-    elif fmt == "JPEG":
-        if _JPEG_EOI not in data[-1024:]:
-            raise ImageError(f"image {name!r} is a truncated JPEG (no end-of-image marker)")
+    if fmt in ("PNG", "JPEG"):
+        _check_end(fmt, data, name)
     else:
         decode_image(data, name, max_pixels)
     try:
@@ -171,7 +223,8 @@ def canonical_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_
     return png, ImageInfo("PNG", img.size[0], img.size[1], "RGB", 1)
 
 
-def image_to_bytes(obj: Union[bytes, Image.Image, dict], name: str, root: Optional[Path]) -> tuple[bytes, Optional[str]]:
+def image_to_bytes(obj: Union[bytes, Image.Image, dict], name: str,
+                   root: Optional[Union[Path, ImagesRoot]]) -> tuple[bytes, Optional[str]]:
     """Raw bytes and original path of any image reference a converter meets: bytes, a PIL image,
     an HF Image struct `{bytes, path}`, or a path string (read under `root`)."""
     if isinstance(obj, (bytes, bytearray, memoryview)):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".tsv")
+CSV_FIELD_LIMIT = 256 * 1024 * 1024  # the csv module's default (128 kB) stops at one long caption
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,19 @@ def _json(path: Path, name: str) -> Iterator[Record]:
             yield Record(loc, error=f"item {i} is a {type(item).__name__}, not an object")
 
 
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
 def _csv(path: Path, name: str, delimiter: str) -> Iterator[Record]:
-    with open(path, newline="", encoding="utf-8-sig", errors="strict") as f:
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:
+        csv.field_size_limit(CSV_FIELD_LIMIT)
+    # undecodable bytes become lone surrogates, so one bad row is rejected and the rest are read
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         try:
             for row in reader:
@@ -83,6 +95,11 @@ def _csv(path: Path, name: str, delimiter: str) -> Iterator[Record]:
                 if None in row:
                     yield Record(loc, error=f"row has {len(row) - 1 + len(row[None])} cells, "
                                             f"header has {len(reader.fieldnames or [])}")
+                    continue
+                bad = [k for k, v in row.items() if _not_utf8(str(k)) or (isinstance(v, str) and _not_utf8(v))]
+                if bad:
+                    yield Record(loc, error=f"column {bad[0]!r} is not valid UTF-8 text "
+                                            "(save the file as UTF-8)")
                     continue
                 yield Record(loc, data={k: (v if v != "" else None) for k, v in row.items()})
         except (csv.Error, UnicodeDecodeError) as e:

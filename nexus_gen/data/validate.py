@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+import fastjsonschema
 import jsonschema
 
 from nexus_gen.data.schema import TASKS, json_schema
@@ -16,6 +17,12 @@ def _validator() -> jsonschema.protocols.Validator:
     schema = json_schema()
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema)
+
+
+@lru_cache(maxsize=1)
+def _fast_validator():
+    """The same JSON Schema compiled to Python (about 50x faster): the hot path for good samples."""
+    return fastjsonschema.compile(json_schema())
 
 
 def _where(err: jsonschema.ValidationError) -> str:
@@ -30,6 +37,11 @@ def schema_problems(sample: dict[str, Any]) -> list[str]:
         view["images"] = [
             {"bytes": None, "path": im.get("path")} if isinstance(im, dict) else im for im in view["images"]
         ]
+    try:
+        _fast_validator()(view)
+        return []
+    except fastjsonschema.JsonSchemaException:
+        pass  # slow path, bad samples only: list every violation with its field
     return [f"{_where(e)}: {e.message}" for e in sorted(_validator().iter_errors(view), key=str)]
 
 
@@ -38,6 +50,25 @@ def _utf8_problem(text: str, where: str) -> str | None:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         return f"{where}: text is not valid UTF-8 ({e.reason} at position {e.start})"
+    return None
+
+
+def _first_bad_text(obj: Any, where: str) -> str | None:
+    """Where the first string that is not valid UTF-8 stands in a nested value (meta, paths)."""
+    if isinstance(obj, str):
+        return where if _utf8_problem(obj, where) else None
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        if isinstance(k, str) and _utf8_problem(k, where):
+            return f"{where}/{k!r}"
+        found = _first_bad_text(v, f"{where}/{k}")
+        if found:
+            return found
     return None
 
 
@@ -111,6 +142,11 @@ def semantic_problems(sample: dict[str, Any]) -> list[str]:
             p = _utf8_problem(v, field)
             if p:
                 problems.append(p)
+    paths = [im.get("path") for im in images if isinstance(im, dict)] if isinstance(images, list) else []
+    for where, value in (("meta", sample.get("meta")), ("images/path", paths)):
+        bad = _first_bad_text(value, where)
+        if bad:
+            problems.append(f"{bad}: text is not valid UTF-8 (a lone surrogate)")
     return problems
 
 

@@ -4,6 +4,7 @@ every failure becomes a rejects row. Counts always reconcile: input = accepted +
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import logging
 from collections import deque
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
-from nexus_gen.data.images import DEFAULT_MAX_PIXELS, ImageError, canonical_image_bytes, image_to_bytes
+from nexus_gen.data.images import (DEFAULT_MAX_PIXELS, ImageError, ImagesRoot, canonical_image_bytes,
+                                   image_to_bytes)
 from nexus_gen.data.records import Location, Record
 from nexus_gen.data.shards import DEFAULT_SHARD_BYTES, ShardWriter
 from nexus_gen.data.templates import detect_language, detect_task
@@ -78,9 +80,10 @@ def drafts_from_records(records: Iterable[Record], make: Callable[[Record], list
             continue
         try:
             drafts = make(rec)
-        except DraftError as e:
+        except Exception as e:  # a record no converter foresaw is a reject, never the end of the run
+            reason = str(e) if isinstance(e, DraftError) else f"unexpected record ({type(e).__name__}: {e})"
             rid = rec.data.get("id") if isinstance(rec.data, dict) else None
-            yield Reject(rec.location, str(e), str(rid) if rid is not None else None)
+            yield Reject(rec.location, reason, str(rid) if rid is not None else None)
             continue
         yield from drafts
 
@@ -99,6 +102,17 @@ class BuildOptions:
         if self.images_root is not None and not Path(self.images_root).is_dir():
             raise ValueError(f"images root {self.images_root} is not a directory")
 
+    @property
+    def root(self) -> Optional[ImagesRoot]:
+        """The confined reader of the images root (built once per options object)."""
+        if self.images_root is None:
+            return None
+        cached = self.__dict__.get("_root")
+        if cached is None:
+            cached = ImagesRoot(self.images_root)
+            object.__setattr__(self, "_root", cached)
+        return cached
+
 
 def build_sample(draft: Draft, opts: BuildOptions) -> dict[str, Any]:
     """Read, check and hash the draft's images, fill task/language, validate. Raises DraftError."""
@@ -109,7 +123,7 @@ def build_sample(draft: Draft, opts: BuildOptions) -> dict[str, Any]:
     for i, ref in enumerate(draft.images):
         name = ref if isinstance(ref, str) else f"image {i}"
         try:
-            raw, path = image_to_bytes(ref, name, opts.images_root)
+            raw, path = image_to_bytes(ref, name, opts.root)
             data, _ = canonical_image_bytes(raw, name if isinstance(name, str) else str(name),
                                             opts.max_pixels, full=opts.verify == "full")
         except ImageError as e:
@@ -140,6 +154,10 @@ def build_sample(draft: Draft, opts: BuildOptions) -> dict[str, Any]:
     problems = sample_problems(sample)
     if problems:
         raise DraftError("; ".join(problems))
+    try:  # meta is stored as JSON text; a value JSON cannot hold would stop the writer
+        json.dumps(sample["meta"], ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise DraftError(f"meta: a value cannot be stored as JSON ({e})") from None
     return sample
 
 
@@ -171,7 +189,9 @@ class Summary:
 
 
 def _reason_kind(reason: str) -> str:
-    return reason.split(":")[0][:60]
+    """A reason with its specifics blanked, to count rejects by kind."""
+    kind = re.sub(r"'[^']*'|\"[^\"]*\"|/\S+|\b\d+\b", "…", reason.split(";")[0])
+    return kind[:80]
 
 
 def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: BuildOptions,
@@ -192,9 +212,10 @@ def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: Build
             return item
         try:
             return build_sample(item, opts)
-        except DraftError as e:
+        except Exception as e:  # DraftError, or anything a record no one foresaw provokes
+            reason = str(e) if isinstance(e, DraftError) else f"unexpected sample ({type(e).__name__}: {e})"
             rid = item.id if isinstance(item.id, str) else (None if item.id is None else str(item.id))
-            return Reject(item.location, str(e), rid)
+            return Reject(item.location, reason, rid)
 
     rejects_path = out_dir / "rejects.jsonl"
     tmp_rejects = out_dir / ".rejects.jsonl.tmp"

@@ -56,6 +56,12 @@ def _image(data: dict, names: tuple[str, ...], what: str) -> Any:
         raise DraftError(f"missing {what} (looked for columns {', '.join(names)})")
     if not isinstance(v, (str, dict, bytes)):
         raise DraftError(f"column {col!r} ({what}) should be a path or an image struct, got {type(v).__name__}")
+    if isinstance(v, dict):
+        b, p = v.get("bytes"), v.get("path")
+        if b is not None and not isinstance(b, (bytes, bytearray)):
+            raise DraftError(f"column {col!r} ({what}): 'bytes' should be binary, got {type(b).__name__}")
+        if p is not None and not isinstance(p, str):
+            raise DraftError(f"column {col!r} ({what}): 'path' should be a string, got {type(p).__name__}")
     return v
 
 
