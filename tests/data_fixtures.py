@@ -89,7 +89,12 @@ def write_jsonl(path: Path, rows: Iterable[Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for r in rows:
-            f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
+            line = r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: written as the JSON escape \ud800
+                line = json.dumps(r)
+            f.write(line + "\n")
     return path
 
 

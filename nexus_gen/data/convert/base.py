@@ -190,7 +190,7 @@ class Summary:
 
 def _reason_kind(reason: str) -> str:
     """A reason with its specifics blanked, to count rejects by kind."""
-    kind = re.sub(r"'[^']*'|\"[^\"]*\"|/\S+|\b\d+\b", "…", reason.split(";")[0])
+    kind = re.sub(r"'[^']*'|\"[^\"]*\"|(?<=\s)/\S+|\b\d+\b", "…", reason.split(";")[0])
     return kind[:80]
 
 
