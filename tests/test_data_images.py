@@ -148,7 +148,11 @@ def test_paths_inside_the_root_resolve(root):
     assert resolve_image_path("sub/../sub/ok.png", root).name == "ok.png"
     assert resolve_image_path(str(root / "sub" / "ok.png"), root).name == "ok.png"  # absolute but inside
     (root / "link.png").symlink_to(root / "sub" / "ok.png")
-    assert resolve_image_path("link.png", root).name == "ok.png"
+    (root / "rel_link.png").symlink_to("sub/ok.png")
+    data = (root / "sub" / "ok.png").read_bytes()
+    assert read_image_file("link.png", root) == read_image_file("rel_link.png", root) == data
+    (root / "dir_link").symlink_to(root / "sub")
+    assert read_image_file("dir_link/ok.png", root) == data
 
 
 @pytest.mark.parametrize("ref", ["../outside.png", "sub/../../outside.png", "OUTSIDE_ABS", "out_link.png",
@@ -168,6 +172,12 @@ def test_paths_escaping_the_root_are_refused(root, ref):
 def test_bad_references_raise_image_error(root, ref, msg):
     with pytest.raises(ImageError, match=msg):
         read_image_file(ref, root)
+
+
+def test_named_pipe_is_refused_not_waited_on(root):
+    os.mkfifo(root / "pipe.png")
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_image_file("pipe.png", root)
 
 
 def test_zero_byte_file(root):

@@ -61,6 +61,12 @@ class ImagesRoot:
             raise ImageError(f"image reference {ref!r} is not a non-empty path string")
         if "://" in ref:
             raise ImageError(f"image {ref!r} is a URL; only local files under the images root are read")
+        if "\x00" in ref:
+            raise ImageError(f"image path {ref!r} contains a NUL character")
+        try:
+            ref.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ImageError(f"image path {ref!r} is not valid UTF-8 ({e.reason})") from None
         cand = ref if os.path.isabs(ref) else os.path.join(self.root, ref)
         head, tail = os.path.split(cand)
         if tail in ("", ".", ".."):
@@ -78,7 +84,8 @@ class ImagesRoot:
     def read(self, ref: str) -> bytes:
         path = self.resolve(ref)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # O_NONBLOCK: a named pipe must not hang the run (it is refused below as not a file)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             raise ImageError(f"image file {ref!r} not found under the images root {self.root}") from None
         except IsADirectoryError:
@@ -91,10 +98,10 @@ class ImagesRoot:
                                      f"{self.root}") from None
                 return self.read(os.path.relpath(real, self.root))
             raise ImageError(f"image file {ref!r} cannot be opened: {e.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses directories itself
+            os.close(fd)
+            raise ImageError(f"image path {ref!r} is not a regular file")
         with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ImageError(f"image path {ref!r} is not a regular file")
             data = f.read()
         if not data:
             raise ImageError(f"image file {ref!r} is empty (0 bytes)")
