@@ -75,6 +75,8 @@ def test_rescore_file_official_rows_and_options(tmp_path):
 
     # other thresholds re-judge the same detections
     s = rescore_file(det, out, ScoringOptions(threshold=0.6, counting_threshold=0.5))
+    assert rescore_file(det, tmp_path / "same.jsonl", {"threshold": "0.6",
+                                                       "counting_threshold": 0.5}) == s
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["correct"] for r in rows] == [False, False, True]
     assert rows[1]["reason"] == "expected clock<3, found 3"

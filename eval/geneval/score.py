@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence, Union
 
 from PIL import Image, ImageOps
 
@@ -59,6 +59,21 @@ class _LazyClassifier:
                     "colours in the detections file or choose another CLIP (e.g. a local one)"
                 ) from e
         return self._inner.classify(image, classname, objects)
+
+
+Options = Union[ScoringOptions, Mapping[str, Any], None]
+
+
+def as_options(options: Options) -> ScoringOptions:
+    """ScoringOptions from options, a dict of official option names (values may be strings),
+    or None (the official defaults)."""
+    if options is None:
+        return ScoringOptions()
+    if isinstance(options, ScoringOptions):
+        return options
+    if isinstance(options, Mapping):
+        return ScoringOptions.from_mapping(options)
+    raise TypeError(f"GenEval options must be ScoringOptions or a dict, got {type(options).__name__}")
 
 
 def open_image(path: Path) -> Image.Image:
@@ -183,7 +198,7 @@ def _unique(records: Iterable[ImageRecord], source: Path) -> list[ImageRecord]:
 
 def score_folder(out_dir: Path, detector: Detector,
                  classifier: Optional[ColorClassifierLike] = None,
-                 options: ScoringOptions = ScoringOptions(), *, clip: str = "paper",
+                 options: Options = None, *, clip: str = "paper",
                  device: str = "cpu", indices: Optional[Iterable[int]] = None,
                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score a GenEval layout folder: `<out>/detections.jsonl` (resumable: images already in it
@@ -191,6 +206,7 @@ def score_folder(out_dir: Path, detector: Detector,
     Without `classifier`, the CLIP colour classifier `clip` is loaded when first needed.
     `indices` restricts scoring to those prompt folders (default: every prompt folder)."""
     out_dir = Path(out_dir)
+    options = as_options(options)
     every = list(iter_images(out_dir))
     images = every
     if indices is not None:
@@ -239,13 +255,14 @@ def _detect_all(todo: list, det_path: Path, detector: Detector,
 
 
 def rescore_file(detections_jsonl: Path, out_jsonl: Path,
-                 options: ScoringOptions = ScoringOptions(),
+                 options: Options = None,
                  classifier: Optional[ColorClassifierLike] = None, *, clip: str = "paper",
                  device: str = "cpu") -> dict[str, Any]:
     """Re-score a detections file without a detector: write official results rows to
     `out_jsonl` and return the summary. Stored colours are used; missing ones are classified
     with `classifier` (default: CLIP `clip`, loaded only if needed) on the image at `filename`."""
     detections_jsonl = Path(detections_jsonl)
+    options = as_options(options)
     records = _unique(read_records(detections_jsonl), detections_jsonl)
     if not records:
         raise ValueError(f"detections file {detections_jsonl} has no records")
