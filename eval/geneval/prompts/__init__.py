@@ -1,0 +1,1 @@
+"""GenEval's official prompt set and class names (data; MIT, see LICENSE here)."""
