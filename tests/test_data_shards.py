@@ -1,0 +1,240 @@
+"""Shards: target size honoured, manifest matches the files, temporary names then rename, a lazy
+reader, the JSON Schema and the parquet schema in agreement."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_fixtures import PHOTOS, cli, convert, und_row, write_jsonl, write_photo
+
+from nexus_gen.data import shards as shards_mod
+from nexus_gen.data.schema import FIELDS, TASKS, arrow_schema, hf_features, json_schema
+from nexus_gen.data.shards import ShardWriter, count_rows, iter_samples, read_manifest, shard_files
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory) -> Path:
+    """An input of 24 understanding samples over the four photos (a few kB each)."""
+    d = tmp_path_factory.mktemp("many")
+    for i, name in enumerate(PHOTOS):
+        write_photo(d / "imgs" / f"{name}.png", name, size=40 + i)
+    rows = [und_row(f"s{i:03d}", f"{PHOTOS[i % 4]}.png", answer=f"answer {i}") for i in range(24)]
+    return write_jsonl(d / "many.jsonl", rows)
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_tiny_shard_size_gives_several_shards_and_manifest_matches(many, tmp_path):
+    out = tmp_path / "o"
+    assert convert("nexus-gen-jsonl", many, out, "--images-root", many.parent / "imgs",
+                   "--shard-size", "8k")["accepted"] == 24
+    man = read_manifest(out)
+    files = sorted(out.glob("shard-*.parquet"))
+    assert len(files) >= 3
+    assert [s["file"] for s in man["shards"]] == [f.name for f in files]
+    for s, f in zip(man["shards"], files):
+        assert s["rows"] == pq.ParquetFile(f).metadata.num_rows > 0
+        assert s["bytes"] == f.stat().st_size
+        assert s["sha256"] == _sha(f)
+        # the target is honoured: a shard closes at the first row group past the target
+        last_group = pq.ParquetFile(f).metadata.row_group(pq.ParquetFile(f).metadata.num_row_groups - 1)
+        assert s["bytes"] - last_group.total_byte_size <= 8 * 1024 + 4096
+    assert man["total_rows"] == sum(s["rows"] for s in man["shards"]) == 24
+    assert man["total_bytes"] == sum(f.stat().st_size for f in files)
+    assert man["features"] == hf_features()
+    assert man["converted_from"] == {"format": "nexus-gen-jsonl", "input": "many.jsonl"}
+    assert [s["id"] for s in iter_samples(out)] == [f"s{i:03d}" for i in range(24)]
+    assert count_rows(out) == 24
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_default_size_gives_one_shard(many, tmp_path):
+    out = tmp_path / "o"
+    convert("nexus-gen-jsonl", many, out, "--images-root", many.parent / "imgs")
+    assert [s["rows"] for s in read_manifest(out)["shards"]] == [24]
+
+
+def test_determinism_across_several_shards_and_worker_counts(many, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    convert("nexus-gen-jsonl", many, a, "--images-root", many.parent / "imgs", "--shard-size", "8k")
+    res = cli("convert", "nexus-gen-jsonl", many, "--images-root", many.parent / "imgs", "--shard-size", "8k",
+              "--out", b, "--workers", 5)
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for n in names:
+        assert (a / n).read_bytes() == (b / n).read_bytes(), n
+
+
+def _sample(i: int, payload: bytes) -> dict:
+    return {"id": f"x{i}", "source": "t", "task": "understanding", "language": "en",
+            "messages": [{"role": "user", "content": "<image>\nq"}, {"role": "assistant", "content": "a"}],
+            "images": [{"bytes": payload, "path": None}], "meta": {"i": i}}
+
+
+def test_shards_are_written_under_a_temporary_name_then_renamed(tmp_path, monkeypatch):
+    renames: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def spy(src, dst, *a, **kw):
+        renames.append((Path(src).name, Path(dst).name))
+        assert Path(src).exists() and not Path(dst).exists() or Path(dst).name == "manifest.json"
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(shards_mod.os, "replace", spy)
+    out = tmp_path / "o"
+    with ShardWriter(out, shard_bytes=3000, row_group_bytes=1000) as w:
+        for i in range(6):
+            w.write(_sample(i, os.urandom(1500)))
+            # nothing under a final shard name is ever half written
+            for f in out.glob("shard-*.parquet"):
+                assert pq.ParquetFile(f).metadata.num_rows > 0
+    shard_renames = [r for r in renames if r[1].startswith("shard-")]
+    assert len(shard_renames) >= 2
+    for src, dst in shard_renames:
+        assert src == f".{dst}.tmp"
+    assert renames[-1] == (".manifest.json.tmp", "manifest.json")  # the manifest comes last
+    assert not list(out.glob(".*"))
+
+
+def test_a_failed_build_leaves_no_half_shard(tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(RuntimeError, match="boom"):
+        with ShardWriter(out, shard_bytes=10 ** 9, row_group_bytes=1000) as w:
+            for i in range(3):
+                w.write(_sample(i, os.urandom(1500)))
+            raise RuntimeError("boom")
+    assert list(out.glob("shard-*.parquet")) == []
+    assert list(out.glob(".shard-*")) == []
+    assert not (out / "manifest.json").exists()
+
+
+def test_a_rebuild_replaces_previous_shards(tmp_path):
+    out = tmp_path / "o"
+    with ShardWriter(out, shard_bytes=2000, row_group_bytes=500) as w:
+        for i in range(5):
+            w.write(_sample(i, os.urandom(1000)))
+    assert len(list(out.glob("shard-*.parquet"))) >= 2
+    with ShardWriter(out) as w:
+        w.write(_sample(9, b"x"))
+    assert [s["id"] for s in iter_samples(out)] == ["x9"]
+    assert len(list(out.glob("shard-*.parquet"))) == 1
+
+
+def test_writer_rejects_bad_sizes(tmp_path):
+    for kw in ({"shard_bytes": 0}, {"shard_bytes": -1}, {"row_group_bytes": 0}):
+        with pytest.raises(ValueError, match="positive"):
+            ShardWriter(tmp_path / "o", **kw)
+
+
+def test_reader_is_lazy(tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    with ShardWriter(out, shard_bytes=1500, row_group_bytes=1500) as w:
+        for i in range(12):
+            w.write(_sample(i, os.urandom(2000)))
+    assert len(read_manifest(out)["shards"]) == 12
+    opened: list[str] = []
+    real = pq.ParquetFile
+
+    class Spy(real):  # type: ignore[misc,valid-type]
+        def __init__(self, source, *a, **kw):
+            opened.append(Path(source).name)
+            super().__init__(source, *a, **kw)
+
+    monkeypatch.setattr(shards_mod.pq, "ParquetFile", Spy)
+    it = iter_samples(out)
+    assert opened == []  # a generator: nothing read before the first next()
+    first = next(it)
+    assert first["id"] == "x0" and first["meta"] == {"i": 0}
+    assert opened == ["shard-00000.parquet"]
+    # one shard per step: the later shards are opened only when reached
+    for f in sorted(out.glob("shard-*.parquet"))[2:]:
+        f.write_bytes(b"garbage, never read")
+    assert next(it)["id"] == "x1"
+    assert opened == ["shard-00000.parquet", "shard-00001.parquet"]
+    it.close()
+
+
+def test_shard_files_accepts_folder_file_glob_and_list(tmp_path):
+    out = tmp_path / "o"
+    with ShardWriter(out, shard_bytes=1500, row_group_bytes=1500) as w:
+        for i in range(3):
+            w.write(_sample(i, os.urandom(2000)))
+    files = sorted(out.glob("shard-*.parquet"))
+    assert shard_files(out) == files
+    assert shard_files(files[1]) == [files[1]]
+    assert shard_files(str(out / "shard-*.parquet")) == files
+    assert shard_files([files[2], out]) == [files[2]] + files
+    with pytest.raises(FileNotFoundError):
+        shard_files(tmp_path / "nothing-*.parquet")
+
+
+# --- the two schemas agree ------------------------------------------------------------------
+
+def _json_kind(prop: dict) -> str:
+    if "enum" in prop:
+        assert all(isinstance(v, str) for v in prop["enum"])
+        return "string"
+    t = prop.get("type")
+    return t if isinstance(t, str) else "/".join(sorted(t)) if t else "any"
+
+
+def test_json_schema_and_parquet_schema_agree():
+    js = json_schema()
+    pa_schema = arrow_schema()
+    assert list(js["properties"]) == list(FIELDS) == pa_schema.names
+    assert sorted(js["required"]) == sorted(FIELDS)
+    assert js["additionalProperties"] is False
+    assert set(js["properties"]["task"]["enum"]) == set(TASKS)
+    for name in ("id", "source", "task", "language"):
+        assert _json_kind(js["properties"][name]) == "string"
+        assert pa_schema.field(name).type == pa.string()
+    # messages: array of {role, content} strings <-> list<struct<role: string, content: string>>
+    msgs = js["properties"]["messages"]
+    assert msgs["type"] == "array"
+    item = msgs["items"]
+    assert sorted(item["required"]) == ["content", "role"] and item["additionalProperties"] is False
+    mt = pa_schema.field("messages").type
+    assert pa.types.is_list(mt)
+    assert [f.name for f in mt.value_type] == list(item["properties"]) == ["role", "content"]
+    assert all(f.type == pa.string() for f in mt.value_type)
+    assert set(item["properties"]["role"]["enum"]) == {"system", "user", "assistant"}
+    # images: array of {bytes, path} <-> list<struct<bytes: binary, path: string>> (the HF Image struct)
+    imgs = js["properties"]["images"]
+    assert imgs["type"] == "array"
+    it = imgs["items"]
+    assert sorted(it["required"]) == ["bytes", "path"] and it["additionalProperties"] is False
+    itype = pa_schema.field("images").type
+    assert [f.name for f in itype.value_type] == list(it["properties"]) == ["bytes", "path"]
+    assert itype.value_type.field("bytes").type == pa.binary()
+    assert itype.value_type.field("path").type == pa.string()
+    assert _json_kind(it["properties"]["path"]) == "null/string"
+    # meta: a JSON object, stored as its JSON text
+    assert js["properties"]["meta"]["type"] == "object"
+    assert pa_schema.field("meta").type == pa.string()
+
+
+def test_hf_features_in_the_parquet_metadata_match_the_arrow_schema():
+    import datasets
+
+    meta = json.loads(arrow_schema().metadata[b"huggingface"])
+    feats = datasets.Features.from_dict(meta["info"]["features"])
+    assert feats.arrow_schema.remove_metadata().equals(arrow_schema().remove_metadata())
+    assert isinstance(feats["images"].feature, datasets.Image)
+
+
+def test_written_shards_carry_the_schema(tmp_path):
+    out = tmp_path / "o"
+    with ShardWriter(out) as w:
+        w.write(_sample(0, b"abc"))
+    s = pq.read_schema(next(out.glob("shard-*.parquet")))
+    assert s.remove_metadata().equals(arrow_schema().remove_metadata())
+    assert s.metadata[b"huggingface"] == arrow_schema().metadata[b"huggingface"]
