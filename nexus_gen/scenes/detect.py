@@ -85,14 +85,16 @@ def detect(image: Image.Image, min_score: float = 0.0) -> list[Detection]:
     seeds = np.zeros((height, width), np.int32)
     seed_color: list[int] = [-1]
     for ci in np.unique(labels[labels >= 0]):
-        core = ndimage.binary_opening(labels == ci, structure=_OPEN)
+        ys, xs = np.nonzero(labels == ci)
+        win = (slice(max(ys.min() - 1, 0), ys.max() + 2), slice(max(xs.min() - 1, 0), xs.max() + 2))
+        core = ndimage.binary_opening(labels[win] == ci, structure=_OPEN)
         lab, n = ndimage.label(core)
         if n == 0:
             continue
         areas = np.bincount(lab.ravel(), minlength=n + 1)
         for k in np.nonzero(areas[1:] >= min_area // 2)[0] + 1:
             seed_color.append(int(ci))
-            seeds[lab == k] = len(seed_color) - 1
+            seeds[win][lab == k] = len(seed_color) - 1
 
     regions, n_regions = ndimage.label(fg)
     out: list[Detection] = []

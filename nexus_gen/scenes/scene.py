@@ -4,7 +4,6 @@ Positions are fractions of the image width / height and sizes fractions of its s
 one scene renders at any resolution. `random_scene` draws one from a seed, deterministically."""
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional, Sequence
@@ -190,7 +189,3 @@ def region_name(obj: SceneObject) -> str:
     row = "top" if obj.cy < 1 / 3 else "bottom" if obj.cy > 2 / 3 else ""
     return " ".join(p for p in (row, col) if p) or "centre"
 
-
-def distance(a: SceneObject, b: SceneObject) -> float:
-    """Distance between two objects' centres in normalised units."""
-    return math.hypot(a.cx - b.cx, a.cy - b.cy)
