@@ -35,7 +35,7 @@ def schema_problems(sample: dict[str, Any]) -> list[str]:
     # bytes are not JSON: the schema sees the struct shape only
     if isinstance(view.get("images"), list):
         view["images"] = [
-            {"bytes": None, "path": im.get("path")} if isinstance(im, dict) else im for im in view["images"]
+            {**im, "bytes": None} if isinstance(im, dict) else im for im in view["images"]
         ]
     try:
         _fast_validator()(view)
@@ -130,8 +130,8 @@ def semantic_problems(sample: dict[str, Any]) -> list[str]:
             problems.append("generation sample must carry its image(s) in the assistant turn only "
                             f"(found {user_tags} in user turns, {asst_tags} in assistant turns)")
     elif task == "editing":
-        if user_tags < 1 or asst_tags != 1:
-            problems.append("editing sample needs the source image in the user turn and exactly one "
+        if user_tags != 1 or asst_tags != 1:  # exports pair one source with one result
+            problems.append("editing sample needs exactly one source image in the user turn and exactly one "
                             f"edited image in the assistant turn (found {user_tags} and {asst_tags})")
     elif task == "understanding" and asst_tags:
         problems.append(f"understanding sample has {asst_tags} image(s) in an assistant turn; "
