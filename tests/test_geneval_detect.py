@@ -69,3 +69,12 @@ def test_exif_orientation_is_applied(detector, tmp_path):
 def test_unloadable_detector_is_named():
     with pytest.raises(OSError, match="cannot load the GenEval detector '/no/such/detector'"):
         load_detector("/no/such/detector")
+
+
+def test_input_size_override_keeps_masks_at_image_size():
+    small = load_detector("tiny", size={"shortest_edge": 64, "longest_edge": 96})
+    image = Image.fromarray(data.coffee()).resize((100, 50))
+    px = small.processor(images=image, size=small.size, return_tensors="pt")["pixel_values"]
+    assert tuple(px.shape[-2:]) == (64, 96)  # long side capped at 96, short 48 -> 64 (/32)
+    dets = small(image)
+    assert len(dets) == 100 and dets[0].mask.shape == (50, 100)

@@ -23,6 +23,8 @@ from nexus_gen.scoring.detection import Detection
 log = logging.getLogger(__name__)
 
 PAPER_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
+# The official (mmdet) test scale: keep-ratio resize to short side 800, long side at most 1333.
+OFFICIAL_TEST_SIZE = {"shortest_edge": 800, "longest_edge": 1333}
 TINY_NAME = "geneval-mask2former-tiny"
 OBJECT_NAMES_FILE = Path(__file__).resolve().parent / "prompts" / "object_names.txt"
 
@@ -72,10 +74,13 @@ def mask_to_box(mask: torch.Tensor) -> tuple[float, float, float, float]:
 
 
 class Mask2FormerDetector:
-    """A loaded Mask2Former; call it on a PIL image to get every candidate instance."""
+    """A loaded Mask2Former; call it on a PIL image to get every candidate instance.
+    `size` overrides the image processor's resize (default for `paper`: the official test
+    scale, whatever the hub checkpoint's processor says; else the processor's own)."""
 
     def __init__(self, name: str = "paper", device: Union[str, torch.device] = "cpu",
-                 dtype: torch.dtype = torch.float32, max_per_image: int = 100) -> None:
+                 dtype: torch.dtype = torch.float32, max_per_image: int = 100,
+                 size: Optional[dict[str, int]] = None) -> None:
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
         source = resolve_detector(name)
@@ -89,6 +94,8 @@ class Mask2FormerDetector:
         self.device, self.dtype = torch.device(device), dtype
         self.model_id = source if name != "tiny" else f"tiny:{TINY_NAME}"
         self.max_per_image = max_per_image
+        self.size = size if size is not None else (
+            OFFICIAL_TEST_SIZE if name in ("paper", "default") else None)
         self.labels = self._label_names()
 
     def _label_names(self) -> list[str]:
@@ -111,7 +118,8 @@ class Mask2FormerDetector:
         """Every (query, class) candidate among the top `max_per_image`, sorted by score."""
         image = ImageOps.exif_transpose(image).convert("RGB")
         width, height = image.size
-        inputs = self.processor(images=image, return_tensors="pt")
+        extra = {"size": self.size} if self.size is not None else {}
+        inputs = self.processor(images=image, return_tensors="pt", **extra)
         pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
         out = self.model(pixel_values=pixel_values)
         cls_logits = out.class_queries_logits[0].float()  # [Q, C+1]
@@ -139,7 +147,8 @@ class Mask2FormerDetector:
 
 
 def load_detector(name: str = "paper", device: Union[str, torch.device] = "cpu",
-                  dtype: Optional[torch.dtype] = None) -> Mask2FormerDetector:
+                  dtype: Optional[torch.dtype] = None,
+                  size: Optional[dict[str, int]] = None) -> Mask2FormerDetector:
     """The GenEval detector by name (`paper`, `tiny`, a hub id or a folder); fp32 unless told."""
-    return Mask2FormerDetector(name, device=device, dtype=dtype or torch.float32)
+    return Mask2FormerDetector(name, device=device, dtype=dtype or torch.float32, size=size)
 
