@@ -20,6 +20,9 @@ from nexus_gen.data.templates import generation_prompt, strip_tags
 log = logging.getLogger(__name__)
 EXPORT_FORMATS = ("nexus-gen-jsonl", "diffsynth-csv")
 _EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+# pandas.read_csv's default missing-value strings: DiffSynth reads such a cell as NaN and fails
+PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                       "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
 
 
 @dataclass
@@ -118,17 +121,24 @@ def export_diffsynth_csv(shards: Union[str, Path, Iterable], out_dir: Union[str,
                 stores[task] = ImageStore(d)
             fh, w, _, _ = writers[task]
             store = stores[task]
+            prompt = generation_prompt(_user_text(s)) if task == "generation" else strip_tags(_user_text(s))
+            if prompt in PANDAS_NA:  # the row would read back as NaN and stop DiffSynth's loader
+                key = f"{task} (prompt {prompt!r} reads as missing)"
+                summary.skipped[key] = summary.skipped.get(key, 0) + 1
+                continue
             if task == "generation":
-                prompt = generation_prompt(_user_text(s))
                 w.writerow([store.put(s["images"][-1]["bytes"]), prompt])
             else:
-                instruction = strip_tags(_user_text(s))
-                w.writerow([store.put(s["images"][-1]["bytes"]), instruction, store.put(s["images"][0]["bytes"])])
+                w.writerow([store.put(s["images"][-1]["bytes"]), prompt, store.put(s["images"][0]["bytes"])])
             summary.written[task] = summary.written.get(task, 0) + 1
-    finally:
-        for fh, _, tmp, final in writers.values():
+    except BaseException:  # a failed export leaves no partial metadata.csv under the final name
+        for fh, _, tmp, _ in writers.values():
             fh.close()
-            tmp.replace(final)
+            tmp.unlink(missing_ok=True)
+        raise
+    for fh, _, tmp, final in writers.values():
+        fh.close()
+        tmp.replace(final)
     summary.images = sum(len(st.written) for st in stores.values())
     return summary
 
@@ -140,5 +150,6 @@ def export(fmt: str, shards: Union[str, Path, Iterable], out_dir: Union[str, Pat
         summary = export_diffsynth_csv(shards, out_dir, **kwargs)
     else:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)  # also when nothing was exportable
     write_json_atomic(Path(out_dir) / "export.json", summary.to_json())
     return summary
