@@ -130,10 +130,12 @@ class Mask2FormerDetector:
         top_scores, top_idx = probs.topk(k)  # sorted: deterministic order
         queries = torch.div(top_idx, num_classes, rounding_mode="floor")
         labels = top_idx % num_classes
-        masks = F.interpolate(mask_logits[None], size=pixel_values.shape[-2:], mode="bilinear",
-                              align_corners=False)
+        # only the queries that were picked are resized (each once), to keep memory down
+        unique_q, inverse = torch.unique(queries, return_inverse=True)
+        masks = F.interpolate(mask_logits[unique_q][None], size=pixel_values.shape[-2:],
+                              mode="bilinear", align_corners=False)
         masks = F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)[0]
-        masks = masks[queries]  # [k, H, W]
+        masks = masks[inverse]  # [k, H, W]
         binary = masks > 0
         mask_scores = (masks.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
         scores = top_scores * mask_scores
