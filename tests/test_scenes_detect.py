@@ -110,3 +110,19 @@ def test_classifier_separates_templates():
 def test_detect_rejects_non_images():
     with pytest.raises(TypeError, match="PIL.Image"):
         detect(np.zeros((8, 8, 3)))
+
+
+def test_jpeg_compressed_renders_are_still_found():
+    import io
+
+    total = found = 0
+    for seed in range(100):
+        res = render(random_scene(5000 + seed), 256)
+        buf = io.BytesIO()
+        res.image.save(buf, format="JPEG", quality=90)
+        dets = detect(Image.open(buf).convert("RGB"))
+        for o in res.objects:
+            total += 1
+            d = _match(o, dets, tol=3)
+            found += d is not None and (d.label, d.color) == (o.obj.shape, o.obj.color)
+    assert found / total >= 0.97

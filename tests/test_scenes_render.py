@@ -114,3 +114,36 @@ def test_scene_round_trips_through_dict():
 def test_bad_input_is_named(bad, match):
     with pytest.raises(ValueError, match=match):
         bad()
+
+
+def test_same_bytes_in_a_fresh_process_with_another_hash_seed():
+    """Renders, edits, QA and prompt renders do not depend on the process (hash seeds, order)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import hashlib, io\n"
+        "from nexus_gen.scenes import random_scene\n"
+        "from nexus_gen.scenes.render import render\n"
+        "from nexus_gen.scenes.edits import random_edit\n"
+        "from nexus_gen.scenes.qa import scene_qa\n"
+        "from nexus_gen.scenes.prompts import generate_prompts, render_prompt\n"
+        "h = hashlib.sha256()\n"
+        "def add(img):\n"
+        "    b = io.BytesIO(); img.save(b, format='PNG'); h.update(b.getvalue())\n"
+        "add(render(random_scene(1, background='texture'), 96).image)\n"
+        "e = random_edit(2, 96, 'style'); add(e.target); h.update(e.instruction.encode())\n"
+        "e = random_edit(3, 96, 'remove'); add(e.target); h.update(e.instruction_zh.encode())\n"
+        "h.update(repr([(q.question, q.answer) for q in scene_qa(random_scene(4), 96, 1, 'adversarial')]).encode())\n"
+        "add(render_prompt(generate_prompts()[300], 5, 96))\n"
+        "print(h.hexdigest())\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    outs = set()
+    for hash_seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(repo))
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, cwd=repo, check=True,
+                                capture_output=True, text=True).stdout.strip())
+    assert len(outs) == 1 and len(outs.pop()) == 64
