@@ -40,20 +40,35 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _manifest_problems(folder: Path) -> list[str]:
-    problems = []
-    man = read_manifest(folder)
-    for s in man.get("shards", []):
-        p = folder / s["file"]
+def _manifest_problems(folder: Path) -> tuple[list[str], list[Path]]:
+    """Problems of a folder's manifest against its files, and the shard files to read."""
+    problems: list[str] = []
+    try:
+        man = read_manifest(folder)
+        entries = [(folder / s["file"], s) for s in man["shards"]]
+    except Exception as e:  # unreadable or malformed manifest: check whatever parquet is there
+        problems.append(f"{folder / MANIFEST}: unreadable manifest ({type(e).__name__}: {e})")
+        return problems, sorted(folder.glob("*.parquet"))
+    files = []
+    for p, s in entries:
         if not p.exists():
             problems.append(f"{p}: listed in the manifest but missing")
             continue
-        rows = pq.ParquetFile(p).metadata.num_rows
-        if rows != s["rows"]:
-            problems.append(f"{p}: {rows} rows, the manifest says {s['rows']}")
-        if _sha256(p) != s["sha256"]:
+        files.append(p)
+        try:
+            rows = pq.ParquetFile(p).metadata.num_rows
+        except Exception as e:
+            problems.append(f"{p}: not a readable parquet file ({type(e).__name__}: {e})")
+            continue
+        if rows != s.get("rows"):
+            problems.append(f"{p}: {rows} rows, the manifest says {s.get('rows')}")
+        if _sha256(p) != s.get("sha256"):
             problems.append(f"{p}: sha256 differs from the manifest (file changed or corrupt)")
-    return problems
+    listed = {p.name for p, _ in entries}
+    for stray in sorted(folder.glob("shard-*.parquet")):
+        if stray.name not in listed:
+            problems.append(f"{stray}: a shard file the manifest does not list")
+    return problems, files
 
 
 def validate_shards(paths: Union[str, Path, Iterable], full: bool = False) -> ValidationReport:
@@ -62,27 +77,44 @@ def validate_shards(paths: Union[str, Path, Iterable], full: bool = False) -> Va
     if isinstance(paths, (str, Path)):
         paths = [paths]
     paths = [Path(p) for p in paths]
+    files: list[Path] = []
     for p in paths:
         if p.is_dir() and (p / MANIFEST).exists():
-            report.problems += _manifest_problems(p)
+            problems, listed = _manifest_problems(p)
+            report.problems += problems
+            files += listed
+        else:
+            found = shard_files(p)
+            if not found:
+                report.problems.append(f"{p}: no parquet shards found")
+            files += found
     seen: set[str] = set()
-    for f in shard_files(paths):
-        for i, s in enumerate(iter_samples(f)):
-            where = f"{f.name}#{i} id={s.get('id')!r}"
-            report.samples += 1
-            report.by_task[s.get("task")] += 1
-            report.by_source[s.get("source")] += 1
-            report.by_language[s.get("language")] += 1
-            for prob in sample_problems(s):
-                report.problems.append(f"{where}: {prob}")
-            if s.get("id") in seen:
-                report.problems.append(f"{where}: duplicate id")
-            seen.add(s.get("id"))
-            for j, im in enumerate(s.get("images") or []):
-                try:
-                    if not im.get("bytes"):
-                        raise ImageError(f"image {j} has no embedded bytes")
-                    (decode_image if full else inspect_image)(im["bytes"], f"image {j}")
-                except ImageError as e:
-                    report.problems.append(f"{where}: {e}")
+    for f in files:
+        try:
+            for i, s in enumerate(iter_samples(f)):
+                _check_sample(report, f"{f.name}#{i} id={s.get('id')!r}", s, seen, full)
+        except Exception as e:  # a corrupt or foreign file is a problem to report, not a crash
+            report.problems.append(f"{f}: unreadable shard ({type(e).__name__}: {e})")
     return report
+
+
+def _check_sample(report: ValidationReport, where: str, s: dict[str, Any], seen: set, full: bool) -> None:
+    report.samples += 1
+    report.by_task[s.get("task")] += 1
+    report.by_source[s.get("source")] += 1
+    report.by_language[s.get("language")] += 1
+    if isinstance(s.get("meta"), dict) and "_unparsed" in s["meta"]:
+        report.problems.append(f"{where}: meta is not valid JSON text")
+        s = {**s, "meta": {}}
+    for prob in sample_problems(s):
+        report.problems.append(f"{where}: {prob}")
+    if s.get("id") in seen:
+        report.problems.append(f"{where}: duplicate id")
+    seen.add(s.get("id"))
+    for j, im in enumerate(s.get("images") or []):
+        try:
+            if not isinstance(im, dict) or not im.get("bytes"):
+                raise ImageError(f"image {j} has no embedded bytes")
+            (decode_image if full else inspect_image)(im["bytes"], f"image {j}")
+        except ImageError as e:
+            report.problems.append(f"{where}: {e}")
