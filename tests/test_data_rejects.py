@@ -208,3 +208,23 @@ def test_out_that_is_a_file_fails_clearly(tmp_path, good_input):
     assert res.exit_code != 0 and isinstance(res.exception, SystemExit), repr(res.exception)
     assert "not a directory" in flat(res.output)
     assert out.read_text() == "not a folder"
+
+
+def test_deeply_nested_json_is_a_reject_not_a_crash(tmp_path, images):
+    deep = "[" * 100000 + "]" * 100000
+    src = tmp_path / "deep.jsonl"
+    src.write_text(deep + "\n" + json.dumps(und_row("ok", "astronaut.png")) + "\n")
+    out = tmp_path / "o"
+    assert convert("nexus-gen-jsonl", src, out, "--images-root", images) == {"input": 2, "accepted": 1, "rejected": 1}
+    assert rejects(out)[0]["line"] == 1 and "nested too deeply" in rejects(out)[0]["reason"]
+    whole = tmp_path / "deep.json"
+    whole.write_text(deep)
+    assert convert("nexus-gen-jsonl", whole, tmp_path / "o2", "--images-root", images) == \
+        {"input": 1, "accepted": 0, "rejected": 1}
+
+
+def test_json_lines_under_a_json_name(tmp_path, images):
+    src = tmp_path / "lines.json"
+    src.write_text(json.dumps(und_row("a", "astronaut.png")) + "\n" + json.dumps(und_row("b", "coffee.jpg")) + "\n")
+    assert convert("nexus-gen-jsonl", src, tmp_path / "o", "--images-root", images) == \
+        {"input": 2, "accepted": 2, "rejected": 0}

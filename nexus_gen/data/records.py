@@ -46,6 +46,9 @@ def _jsonl(path: Path, name: str) -> Iterator[Record]:
             except json.JSONDecodeError as e:
                 yield Record(loc, error=f"bad JSON: {e.msg} at column {e.colno}")
                 continue
+            except RecursionError:
+                yield Record(loc, error="bad JSON: nested too deeply to read")
+                continue
             if not isinstance(obj, dict):
                 yield Record(loc, error=f"expected a JSON object, got {type(obj).__name__}")
                 continue
@@ -55,6 +58,9 @@ def _jsonl(path: Path, name: str) -> Iterator[Record]:
 def _json(path: Path, name: str) -> Iterator[Record]:
     try:
         obj = json.loads(path.read_text(encoding="utf-8-sig"))
+    except RecursionError:
+        yield Record(Location(name, 1), error="bad JSON file: nested too deeply to read")
+        return
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         # maybe it is json lines under a .json name
         if isinstance(e, json.JSONDecodeError) and e.msg == "Extra data":
