@@ -27,6 +27,7 @@ IOU_FLOOR, IOU_FULL = 0.55, 0.88  # adjusted IoU mapped linearly onto score 0..1
 ASPECT_PENALTY = 3.0
 PURITY_FLOOR, PURITY_FULL = 0.5, 0.9  # share of interior pixels of the instance's own colour
 BORDER_FACTOR = 0.5  # an instance touching the image border may be cut off: halve its score
+CLASSIFY_MAX_SIDE = 128  # regions larger than this are downscaled before template matching
 _OPEN = np.ones((3, 3), bool)
 
 
@@ -54,6 +55,11 @@ def classify_shape(mask: np.ndarray) -> tuple[str, float, dict[str, float]]:
     h, w = mask.shape
     tol = 1.5 / max(min(w, h), 1)  # one or two pixels of box error are not evidence
     observed = math.log(w / h)
+    if max(w, h) > CLASSIFY_MAX_SIDE:  # compare large regions at a bounded resolution
+        k = CLASSIFY_MAX_SIDE / max(w, h)
+        w, h = max(1, round(w * k)), max(1, round(h * k))
+        small = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.BOX)
+        mask = np.asarray(small) >= 128
     scores = {}
     for s in SHAPES:
         t = template(s, w, h)
@@ -96,7 +102,7 @@ def detect(image: Image.Image, min_score: float = 0.0) -> list[Detection]:
             seed_color.append(int(ci))
             seeds[win][lab == k] = len(seed_color) - 1
 
-    regions, n_regions = ndimage.label(fg)
+    regions, _ = ndimage.label(fg)
     out: list[Detection] = []
     for ri, sl in enumerate(ndimage.find_objects(regions), start=1):
         if sl is None:

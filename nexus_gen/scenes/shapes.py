@@ -113,7 +113,7 @@ def coverage(shape: str, x0: float, y0: float, w: float, h: float, width: int, h
     return np.asarray(img.reduce(ss), dtype=np.float32) / 255.0
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=2048)
 def template(shape: str, w: int, h: int) -> np.ndarray:
     """Binary mask of `shape` stretched to exactly fill a `w` x `h` pixel box (detector use)."""
     return coverage(shape, 0.0, 0.0, float(w), float(h), w, h) >= 0.5
