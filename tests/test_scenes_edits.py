@@ -113,3 +113,15 @@ def test_random_edits_cover_every_type_and_bad_input_is_named():
         random_edit(0, edit_type="move")
     with pytest.raises(ValueError, match="no object that can be removed"):
         remove_edit(Scene(), 64)
+
+
+def test_remove_then_add_back_underneath_restores_overlapping_scene():
+    under = SceneObject("hexagon", "yellow", 0.45, 0.5, 0.4)
+    top = SceneObject("heart", "purple", 0.6, 0.55, 0.35)
+    scene = Scene((under, top), Background("gradient", "slate", "beige", angle=30))
+    rem = remove_edit(scene, 128, index=0)
+    assert render(scene, 128).objects[0].occluded
+    back = add_edit(rem.target_scene, 128, obj=under, index=0)
+    assert _bytes(back.target) == _bytes(rem.source)
+    on_top = add_edit(rem.target_scene, 128, obj=under)  # drawn last instead: a different image
+    assert _bytes(on_top.target) != _bytes(rem.source)
