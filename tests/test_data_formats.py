@@ -353,3 +353,55 @@ def test_imagepulse_score_column_json_cannot_hold(tmp_path):
     assert convert("imagepulse", src, out) == {"input": 4, "accepted": 2, "rejected": 2}
     assert all(r["line"] == 1 and "JSON" in r["reason"] for r in rejects(out))
     assert [s["meta"]["input"]["line"] for s in samples(out)] == [2, 2]
+
+
+def test_id_columns_of_the_wrong_type_are_rejected(tmp_path, root):
+    src = write_jsonl(tmp_path / "caps.jsonl", [
+        {"id": True, "image": "astronaut.png", "caption": "a"},
+        {"id": {"k": 1}, "image": "astronaut.png", "caption": "b"},
+        {"id": 2.5, "image": "astronaut.png", "caption": "c"},
+        {"id": 7, "image": "astronaut.png", "caption": "d"},
+    ])
+    out = tmp_path / "o"
+    assert convert("captions", src, out, "--images-root", root) == {"input": 4, "accepted": 1, "rejected": 3}
+    assert [s["id"] for s in samples(out)] == ["7"]
+    assert all("should be a string or an integer id" in r["reason"] for r in rejects(out))
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"id": False, "source_image": "astronaut.png", "target_image": "coffee.png", "instruction": "x"},
+        {"id": 3, "source_image": "astronaut.png", "target_image": "coffee.png", "instruction": "x"}])
+    out2 = tmp_path / "o2"
+    assert convert("edit-pairs", pairs, out2, "--images-root", root) == {"input": 2, "accepted": 1, "rejected": 1}
+    assert [s["id"] for s in samples(out2)] == ["pairs_3"]
+
+
+def _png_with_shared_header(img) -> bytes:
+    """A PNG whose first ~8 kB (a text chunk) are the same for every image."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Comment", "same editor header " * 400)
+    return encode(img, "PNG", pnginfo=info)
+
+
+def test_embedded_images_without_paths_get_distinct_ids(tmp_path):
+    """Ids of path-less images hash all the bytes: two images sharing their first kilobytes
+    are not duplicates."""
+    from PIL import Image
+
+    img = photo("astronaut", 24)
+    a, b = _png_with_shared_header(img), _png_with_shared_header(img.transpose(Image.FLIP_LEFT_RIGHT))
+    assert a[:4096] == b[:4096] and a != b
+    tgt = {"bytes": encode(photo("coffee", 24)), "path": None}
+    pairs = pa.Table.from_pylist([
+        {"source_image": {"bytes": a, "path": None}, "target_image": tgt, "instruction": "Make it coffee"},
+        {"source_image": {"bytes": b, "path": None}, "target_image": tgt, "instruction": "Make it coffee"},
+        {"source_image": {"bytes": b, "path": None}, "target_image": tgt, "instruction": "Make it coffee"},
+    ])
+    pq.write_table(pairs, tmp_path / "pairs.parquet")
+    out = tmp_path / "o"
+    assert convert("edit-pairs", tmp_path / "pairs.parquet", out) == {"input": 3, "accepted": 2, "rejected": 1}
+    assert "duplicate id" in rejects(out)[0]["reason"] and rejects(out)[0]["line"] == 3
+    caps = pa.Table.from_pylist([{"image": {"bytes": a, "path": None}, "caption": "a photo"},
+                                 {"image": {"bytes": b, "path": None}, "caption": "a photo"}])
+    pq.write_table(caps, tmp_path / "caps.parquet")
+    assert convert("captions", tmp_path / "caps.parquet", tmp_path / "c") == {"input": 2, "accepted": 2, "rejected": 0}

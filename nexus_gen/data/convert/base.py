@@ -72,6 +72,16 @@ def require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], what:
     return v
 
 
+def optional_id(value: Any, column: str) -> Optional[str]:
+    """An optional id column as text: a string or an integer (not a boolean, float or object)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DraftError(f"column {column!r} should be a string or an integer id, got "
+                         f"{type(value).__name__} {value!r}")
+    return str(value)
+
+
 def drafts_from_records(records: Iterable[Record], make: Callable[[Record], list[Draft]]) -> Iterator[Item]:
     """Turn records into drafts with `make`; unreadable records and `DraftError`s become rejects."""
     for rec in records:

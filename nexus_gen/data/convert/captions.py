@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, Optional
 
-from nexus_gen.data.convert.base import Draft, DraftError, Item, content_key, drafts_from_records
-from nexus_gen.data.convert.edit_pairs import pick
+from nexus_gen.data.convert.base import Draft, DraftError, Item, content_key, drafts_from_records, optional_id
+from nexus_gen.data.convert.edit_pairs import pick, ref_key
 from nexus_gen.data.records import Record, read_records
 from nexus_gen.data.templates import LANGUAGES, generation_messages
 
@@ -30,10 +30,9 @@ def draft(rec: Record, source: str, language: str) -> list[Draft]:
     caption = caption.strip()
     if not caption:
         raise DraftError(f"column {ccol!r} is empty")
-    _, rid = pick(data, ("id",))
-    key = str(rid) if rid is not None else content_key(image if isinstance(image, str) else
-                                                       (image.get("path") if isinstance(image, dict) else None),
-                                                       caption)
+    idcol, rid = pick(data, ("id",))
+    rid = optional_id(rid, idcol)
+    key = rid if rid is not None else content_key(ref_key(image), caption)
     sid = f"{source}_{key}" if rid is None else key
     if language != "en":
         sid = f"{language}_{sid}"

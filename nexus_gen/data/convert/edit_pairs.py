@@ -3,11 +3,12 @@ image, instruction, target image, optional captions and reverse instruction. Wit
 instruction both directions are emitted, as the reference's decoder trainer uses each pair."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from nexus_gen.data.convert.base import Draft, DraftError, Item, content_key, drafts_from_records
+from nexus_gen.data.convert.base import Draft, DraftError, Item, content_key, drafts_from_records, optional_id
 from nexus_gen.data.records import Record, read_records
 from nexus_gen.data.templates import editing_messages, detect_language
 
@@ -65,11 +66,13 @@ def _image(data: dict, names: tuple[str, ...], what: str) -> Any:
     return v
 
 
-def _ref_key(ref: Any) -> Any:
+def ref_key(ref: Any) -> Any:
+    """What identifies an image reference in an id: its path, else a hash of all its bytes
+    (a prefix is not enough: images from one camera or editor share kilobytes of headers)."""
     if isinstance(ref, dict):
-        return ref.get("path") or content_key((ref.get("bytes") or b"").hex()[:4096])
-    if isinstance(ref, bytes):
-        return content_key(ref.hex()[:4096])
+        return ref.get("path") or ref_key(ref.get("bytes") or b"")
+    if isinstance(ref, (bytes, bytearray)):
+        return hashlib.sha256(ref).hexdigest()
     return ref
 
 
@@ -84,8 +87,9 @@ def draft_pair(rec: Record, source: str, cols: Columns, both_directions: str = "
     reverse = _text(data, cols.reverse, "reverse instruction", required=both_directions == "always")
     cap_s = _text(data, cols.source_caption, "source caption", required=False)
     cap_t = _text(data, cols.target_caption, "target caption", required=False)
-    _, rid = pick(data, cols.id)
-    key = str(rid) if rid is not None else content_key(_ref_key(src), _ref_key(tgt), instruction)
+    idcol, rid = pick(data, cols.id)
+    rid = optional_id(rid, idcol)
+    key = rid if rid is not None else content_key(ref_key(src), ref_key(tgt), instruction)
     base_id = f"{source}_{key}"
     extra = {c: data[c] for c in cols.extra_meta if c in data and data[c] is not None}
     lang = language or detect_language([{"role": "user", "content": instruction}])
