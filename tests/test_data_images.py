@@ -210,3 +210,52 @@ def test_build_sample_never_lets_image_exceptions_escape(root):
             build_sample(d, opts)
     ok = build_sample(Draft(Location("f.jsonl", 1), 7, "s", msgs, ["sub/ok.png"]), opts)
     assert ok["id"] == "7" and ok["task"] == "understanding"
+
+
+def _variants() -> list[tuple[str, bytes]]:
+    """PNG/JPEG files of many kinds: the fast header reader must agree with PIL on every one."""
+    from PIL.PngImagePlugin import PngInfo
+
+    img = photo("chelsea", 40)
+    out = [("rgb.png", encode(img)), ("rgb.jpg", encode(img, "JPEG")),
+           ("progressive.jpg", encode(img, "JPEG", progressive=True)),
+           ("grey.jpg", encode(img.convert("L"), "JPEG")), ("grey.png", encode(img.convert("L"))),
+           ("cmyk.jpg", encode(img.convert("CMYK"), "JPEG")), ("rgba.png", encode(img.convert("RGBA"))),
+           ("pal.png", encode(img.convert("P"))), ("la.png", encode(img.convert("LA"))),
+           ("one_bit.png", encode(img.convert("1"))),
+           ("deep.png", encode(Image.fromarray((np.asarray(img.convert("L")).astype(np.uint16) * 250))))]
+    for o in range(1, 9):
+        out.append((f"exif{o}.jpg", exif_rotated_jpeg(30, 20, o)))
+        exif = Image.Exif()
+        exif[0x0112] = o
+        out.append((f"exif{o}.png", encode(img, "PNG", exif=exif.tobytes())))
+    info = PngInfo()
+    info.add_text("Comment", "x" * 5000)
+    out.append(("text_chunk.png", encode(img, "PNG", pnginfo=info)))
+    # an EXIF segment placed after the frame header (legal: APPn may stand anywhere before the scan)
+    data = exif_rotated_jpeg(30, 20, 6)
+    segs, pos = [], 2
+    while data[pos + 1] != 0xDA:
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        segs.append(data[pos:pos + 2 + length])
+        pos += 2 + length
+    app1 = [s for s in segs if s[1] == 0xE1]
+    out.append(("late_exif.jpg", b"\xff\xd8" + b"".join(s for s in segs if s[1] != 0xE1) + app1[0] + data[pos:]))
+    return out
+
+
+@pytest.mark.parametrize("name,data", _variants(), ids=[n for n, _ in _variants()])
+def test_header_inspection_agrees_with_pil(name, data):
+    info = inspect_image(data, name)
+    with Image.open(io.BytesIO(data)) as im:
+        orientation = int(im.getexif().get(0x0112, 1) or 1)
+        assert (info.format, info.width, info.height) == (im.format, im.width, im.height)
+        assert info.orientation == orientation
+        pil_canonical = im.format in ("PNG", "JPEG", "WEBP") and im.mode == "RGB" and orientation in (0, 1) \
+            and "transparency" not in im.info
+    assert info.canonical == pil_canonical
+    # whatever is stored decodes to the upright RGB image
+    stored, _ = canonical_image_bytes(data, name)
+    with Image.open(io.BytesIO(stored)) as im:
+        assert im.mode == "RGB" and int(im.getexif().get(0x0112, 1) or 1) == 1
+        assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(decode_image(data, name)))

@@ -69,7 +69,7 @@ def sniff_png(data: bytes) -> Optional[tuple[str, int, int, str, int]]:
 
 def sniff_jpeg(data: bytes) -> Optional[tuple[str, int, int, str, int]]:
     n = len(data)
-    pos, orientation = 2, 1
+    pos, orientation, frame = 2, 1, None
     while pos + 4 <= n:
         if data[pos] != 0xFF:
             return None
@@ -98,9 +98,11 @@ def sniff_jpeg(data: bytes) -> Optional[tuple[str, int, int, str, int]]:
             mode = {1: "L", 3: "RGB", 4: "CMYK"}.get(comps)
             if mode is None:
                 return None
-            return "JPEG", w, h, mode, orientation
-        elif marker == 0xDA:  # scan before any frame header
-            return None
+            frame = (w, h, mode)  # APPn segments (EXIF) may still follow, up to the first scan
+        elif marker == 0xDA:  # first scan: the header is complete (no frame yet: let PIL decide)
+            if frame is None:
+                return None
+            return "JPEG", frame[0], frame[1], frame[2], orientation
         pos += 2 + length
     return None
 
