@@ -228,3 +228,15 @@ def test_json_lines_under_a_json_name(tmp_path, images):
     src.write_text(json.dumps(und_row("a", "astronaut.png")) + "\n" + json.dumps(und_row("b", "coffee.jpg")) + "\n")
     assert convert("nexus-gen-jsonl", src, tmp_path / "o", "--images-root", images) == \
         {"input": 2, "accepted": 2, "rejected": 0}
+
+
+def test_converting_a_shard_into_its_own_folder_is_refused(tmp_path, images):
+    out = tmp_path / "o"
+    convert("nexus-gen-jsonl", write_jsonl(tmp_path / "in.jsonl", [und_row("a", "astronaut.png")]), out,
+            "--images-root", images)
+    shard = out / "shard-00000.parquet"
+    before = shard.read_bytes()
+    res = cli("convert", "nexus-gen-jsonl", shard, "--out", out)
+    assert res.exit_code != 0 and "replaces" in flat(res.output)
+    assert shard.read_bytes() == before
+    assert convert("nexus-gen-jsonl", shard, tmp_path / "again")["accepted"] == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from nexus_gen.data.convert.base import BuildOptions, Summary, run_conversion
-from nexus_gen.data.shards import DEFAULT_SHARD_BYTES
+from nexus_gen.data.shards import DEFAULT_SHARD_BYTES, MANIFEST, SHARD_GLOB
 
 
 def convert_file(fmt: str, input_path: Union[str, Path], out_dir: Union[str, Path],
@@ -30,6 +30,10 @@ def convert_file(fmt: str, input_path: Union[str, Path], out_dir: Union[str, Pat
         raise ValueError(f"shard size must be positive, got {shard_bytes}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    inp = input_path.resolve()
+    if inp.parent == Path(out_dir).resolve() and (inp.match(SHARD_GLOB) or inp.name in (MANIFEST, "rejects.jsonl")):
+        raise ValueError(f"input {input_path} is one of the files a build into {out_dir} replaces; "
+                         "write to another --out folder")
     opts = BuildOptions(Path(images_root) if images_root is not None else input_path.parent.resolve(), verify)
     mod = FORMATS[fmt]
     kwargs = {"source": source}
