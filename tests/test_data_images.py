@@ -174,6 +174,15 @@ def test_bad_references_raise_image_error(root, ref, msg):
         read_image_file(ref, root)
 
 
+def test_symlink_loops_and_broken_links_are_refused(root):
+    (root / "a.png").symlink_to("b.png")
+    (root / "b.png").symlink_to("a.png")
+    (root / "dangling.png").symlink_to("nothing-here.png")
+    for ref in ("a.png", "dangling.png"):
+        with pytest.raises(ImageError, match="broken or looping symlink"):
+            read_image_file(ref, root)
+
+
 def test_named_pipe_is_refused_not_waited_on(root):
     os.mkfifo(root / "pipe.png")
     with pytest.raises(ImageError, match="not a regular file"):

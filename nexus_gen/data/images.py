@@ -92,7 +92,10 @@ class ImagesRoot:
             raise ImageError(f"image path {ref!r} is not a regular file") from None
         except OSError as e:
             if os.path.islink(path):  # a symlink: follow it only if it stays inside the root
-                real = os.path.realpath(path)
+                try:
+                    real = os.path.realpath(path, strict=True)
+                except OSError:  # strict: a loop or a missing target raises instead of recursing
+                    raise ImageError(f"image path {ref!r} is a broken or looping symlink") from None
                 if not self._inside(real):
                     raise ImageError(f"image path {ref!r} is a symlink that escapes the images root "
                                      f"{self.root}") from None
