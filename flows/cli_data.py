@@ -87,6 +87,8 @@ def export(
     for s in shards:
         if not s.exists():
             raise typer.BadParameter(f"{s} does not exist", param_hint="SHARDS")
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
     kwargs = {"absolute_paths": absolute_paths} if fmt == "nexus-gen-jsonl" else {}
     summary = do_export(fmt, shards, out, **kwargs)
     typer.echo(json.dumps(summary.to_json(), ensure_ascii=False))

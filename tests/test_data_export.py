@@ -158,3 +158,11 @@ def test_a_failed_export_leaves_no_partial_csv(built, tmp_path, monkeypatch):
         export("diffsynth-csv", built, tmp_path / "ds")
     assert not list((tmp_path / "ds").rglob("metadata.csv"))
     assert not list((tmp_path / "ds").rglob(".metadata.csv.tmp"))
+
+
+def test_export_out_that_is_a_file_fails_clearly(built, tmp_path):
+    out = tmp_path / "file"
+    out.write_text("keep me")
+    res = cli("export", "nexus-gen-jsonl", built, "--out", out)
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "not a directory" in flat(res.output) and out.read_text() == "keep me"

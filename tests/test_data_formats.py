@@ -405,3 +405,14 @@ def test_embedded_images_without_paths_get_distinct_ids(tmp_path):
                                  {"image": {"bytes": b, "path": None}, "caption": "a photo"}])
     pq.write_table(caps, tmp_path / "caps.parquet")
     assert convert("captions", tmp_path / "caps.parquet", tmp_path / "c") == {"input": 2, "accepted": 2, "rejected": 0}
+
+
+def test_captions_tsv_and_url_images(tmp_path, root):
+    src = tmp_path / "caps.tsv"
+    src.write_text("image\tcaption\nastronaut.png\tan astronaut, smiling\n"
+                   "https://example.com/cat.png\ta cat from the web\n", encoding="utf-8")
+    out = tmp_path / "o"
+    assert convert("captions", src, out, "--images-root", root) == {"input": 2, "accepted": 1, "rejected": 1}
+    assert samples(out)[0]["meta"]["captions"] == ["an astronaut, smiling"]
+    (r,) = rejects(out)
+    assert r["line"] == 3 and "URL" in r["reason"]
