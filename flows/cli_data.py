@@ -13,6 +13,11 @@ log = logging.getLogger(__name__)
 _FORMATS = "nexus-gen-jsonl, llava, edit-pairs, imagepulse, captions"
 
 
+def _say(text: str, err: bool = False) -> None:
+    """Echo that survives file names that are not UTF-8 (their undecodable bytes print as '?')."""
+    typer.echo(text.encode("utf-8", "replace").decode("utf-8"), err=err)
+
+
 def _size(text: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     t = text.strip().lower().rstrip("b")
@@ -60,15 +65,15 @@ def convert(
         summary = convert_file(fmt, input_path, out, images_root=images_root, source=source, language=language,
                                verify=verify, shard_bytes=_size(shard_size), workers=n_workers)
     except (ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
+        _say(f"error: {e}", err=True)
         raise typer.Exit(2)
-    typer.echo(f"converted {input_path} ({fmt}) -> {out}: {summary.shards} shard(s), {summary.bytes / 1e6:.1f} MB")
-    typer.echo(f"by task: {json.dumps(summary.by_task, ensure_ascii=False)}")
-    typer.echo(f"by language: {json.dumps(summary.by_language, ensure_ascii=False)}")
+    _say(f"converted {input_path} ({fmt}) -> {out}: {summary.shards} shard(s), {summary.bytes / 1e6:.1f} MB")
+    _say(f"by task: {json.dumps(summary.by_task, ensure_ascii=False)}")
+    _say(f"by language: {json.dumps(summary.by_language, ensure_ascii=False)}")
     if summary.rejected:
-        typer.echo(f"rejected {summary.rejected}: {json.dumps(summary.reasons, ensure_ascii=False)} "
+        _say(f"rejected {summary.rejected}: {json.dumps(summary.reasons, ensure_ascii=False)} "
                    f"(see {out / 'rejects.jsonl'})")
-    typer.echo(json.dumps(summary.counts()))
+    _say(json.dumps(summary.counts()))
 
 
 def export(
@@ -91,7 +96,7 @@ def export(
         raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
     kwargs = {"absolute_paths": absolute_paths} if fmt == "nexus-gen-jsonl" else {}
     summary = do_export(fmt, shards, out, **kwargs)
-    typer.echo(json.dumps(summary.to_json(), ensure_ascii=False))
+    _say(json.dumps(summary.to_json(), ensure_ascii=False))
 
 
 def validate(
@@ -105,14 +110,14 @@ def validate(
         if not s.exists():
             raise typer.BadParameter(f"{s} does not exist", param_hint="SHARDS")
     report = validate_shards(shards, full=full)
-    typer.echo(f"{report.samples} samples")
+    _say(f"{report.samples} samples")
     for title, counter in (("task", report.by_task), ("source", report.by_source), ("language", report.by_language)):
-        typer.echo(f"by {title}:")
+        _say(f"by {title}:")
         for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], str(kv[0]))):
-            typer.echo(f"  {k}: {v}")
+            _say(f"  {k}: {v}")
     for p in report.problems:
-        typer.echo(f"problem: {p}")
-    typer.echo(json.dumps(report.to_json(), ensure_ascii=False))
+        _say(f"problem: {p}")
+    _say(json.dumps(report.to_json(), ensure_ascii=False))
     if not report.ok:
         raise typer.Exit(1)
 

@@ -3,6 +3,7 @@ and line with a readable reason; bad options fail at once, before any work, writ
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,15 @@ def test_converting_a_shard_into_its_own_folder_is_refused(tmp_path, images):
     assert res.exit_code != 0 and "replaces" in flat(res.output)
     assert shard.read_bytes() == before
     assert convert("nexus-gen-jsonl", shard, tmp_path / "again")["accepted"] == 1
+
+
+def test_input_file_name_that_is_not_utf8(tmp_path, images):
+    raw = os.fsencode(str(tmp_path)) + b"/caf\xe9.jsonl"  # a latin-1 file name
+    with open(raw, "w", encoding="utf-8") as f:
+        f.write(json.dumps(und_row("a", "astronaut.png")) + "\n")
+    out = tmp_path / "o"
+    assert convert("nexus-gen-jsonl", os.fsdecode(raw), out, "--images-root", images) == \
+        {"input": 1, "accepted": 1, "rejected": 0}
+    (s,) = samples(out)
+    assert s["meta"]["input"]["file"] == "caf\ufffd.jsonl"
+    assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["converted_from"]["input"] == "caf\ufffd.jsonl"

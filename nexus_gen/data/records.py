@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
@@ -130,12 +131,18 @@ def _parquet(pf, name: str) -> Iterator[Record]:
             yield Record(Location(name, i), data=row)
 
 
+def display_name(path: Union[str, Path]) -> str:
+    """A file's name as valid UTF-8 text (undecodable bytes of a foreign file name become U+FFFD),
+    so it can stand in rejects, meta and manifests."""
+    return os.fsencode(Path(path).name).decode("utf-8", "replace")
+
+
 def read_records(path: Union[str, Path]) -> Iterator[Record]:
     """Records of a jsonl / json / csv / tsv / parquet file, lazily, each with its location."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input {path} does not exist or is not a file")
-    name = path.name
+    name = display_name(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _jsonl(path, name)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from nexus_gen.data.convert.base import BuildOptions, Summary, run_conversion
+from nexus_gen.data.records import display_name
 from nexus_gen.data.shards import DEFAULT_SHARD_BYTES, MANIFEST, SHARD_GLOB
 
 
@@ -45,6 +46,6 @@ def convert_file(fmt: str, input_path: Union[str, Path], out_dir: Union[str, Pat
         else:
             raise ValueError(f"--language applies to captions, edit-pairs and imagepulse, not {fmt}")
     items = mod.read(input_path, **kwargs)
-    extra = {"converted_from": {"format": fmt, "input": input_path.name}}
+    extra = {"converted_from": {"format": fmt, "input": display_name(input_path)}}
     return run_conversion(items, out_dir, opts, shard_bytes=shard_bytes, workers=workers,
                           manifest_extra=extra, progress=progress)
