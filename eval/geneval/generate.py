@@ -80,7 +80,7 @@ class DiffusersGenerator:
 
     def __init__(self, source: str | Path, model_id: Optional[str] = None, device: str = "cpu",
                  dtype: str = "float32", steps: Optional[int] = None, guidance: Optional[float] = None,
-                 size: Optional[int] = None):
+                 size: Optional[int] = None, threads: Optional[int] = None):
         import torch
         from diffusers import DiffusionPipeline
 
@@ -97,6 +97,7 @@ class DiffusersGenerator:
         self.pipe = pipe.to(device)
         self.model_id = model_id or str(source)
         self.steps, self.guidance, self.size = steps, guidance, size
+        self.threads = threads  # CPU intra-op threads while generating (None: torch's setting)
 
     def generate(self, metadata: dict[str, Any], seeds: Sequence[int]) -> list[Image.Image]:
         import torch
@@ -110,9 +111,15 @@ class DiffusersGenerator:
             kwargs["height"] = kwargs["width"] = int(self.size)
         # CPU generators, one per image: the same latents on every device and in every batch shape.
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        with torch.inference_mode():
-            result = self.pipe(prompt=metadata["prompt"], num_images_per_prompt=len(seeds),
-                               generator=generators, output_type="pil", **kwargs)
+        previous = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                result = self.pipe(prompt=metadata["prompt"], num_images_per_prompt=len(seeds),
+                                   generator=generators, output_type="pil", **kwargs)
+        finally:
+            torch.set_num_threads(previous)
         return [im.convert("RGB") for im in result.images]
 
 
@@ -135,9 +142,10 @@ class GeneratorSpec:
 def _tiny(spec: GeneratorSpec) -> Generator:
     from nexus_gen.models.tiny_diffusers import tiny_sd_dir
 
+    # One thread: kernels this small gain nothing from more, and lose a lot on a busy CPU.
     return DiffusersGenerator(tiny_sd_dir(), model_id="tiny-sd (random init, nexus-gen tiny profile)",
                               device=spec.device, dtype=spec.dtype, steps=spec.steps or 2,
-                              guidance=spec.guidance, size=spec.size)
+                              guidance=spec.guidance, size=spec.size, threads=1)
 
 
 # Named generators; other parts (e.g. the Nexus-Gen pipeline) add theirs here.
