@@ -67,12 +67,7 @@ class GroundTruthGenerator:
     def generate(self, metadata: dict[str, Any], seeds: Sequence[int]) -> list[Image.Image]:
         from nexus_gen.scenes.prompts import render_prompt
 
-        out = []
-        for s in seeds:
-            rendered = render_prompt(metadata, s, size=self.size)
-            image = rendered if isinstance(rendered, Image.Image) else rendered[0]
-            out.append(image.convert("RGB"))
-        return out
+        return [render_prompt(metadata, s, size=self.size).convert("RGB") for s in seeds]
 
 
 class DiffusersGenerator:
