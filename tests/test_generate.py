@@ -94,3 +94,18 @@ def test_generator_names_are_checked(tmp_path):
         check_generator_name(str(tmp_path))
     with pytest.raises(ValueError, match="cannot load diffusers pipeline"):
         make_generator(GeneratorSpec("nobody/no-such-model"))
+
+
+def test_lazy_generator_loads_only_for_missing_images(tmp_path):
+    from eval.geneval.generate import LazyGenerator
+
+    class Named(NoiseGenerator):
+        model_id = "nobody/no-such-model"
+
+    generate_images(Named(size=16), PROMPTS, tmp_path, n_images=1)
+    lazy = LazyGenerator(GeneratorSpec("nobody/no-such-model"))
+    res = generate_images(lazy, PROMPTS, tmp_path, n_images=1)  # nothing missing: nothing loaded
+    assert (res.generated, res.kept) == (0, 2)
+    layout.sample_path(tmp_path, 1, 0).unlink()
+    with pytest.raises(ValueError, match="cannot load diffusers pipeline 'nobody/no-such-model'"):
+        generate_images(lazy, PROMPTS, tmp_path, n_images=1)

@@ -134,11 +134,14 @@ class GeneratorSpec:
         return dict(self.__dict__)
 
 
+TINY_MODEL_ID = "tiny-sd (random init, nexus-gen tiny profile)"
+
+
 def _tiny(spec: GeneratorSpec) -> Generator:
     from nexus_gen.models.tiny_diffusers import tiny_sd_dir
 
     # One thread: kernels this small gain nothing from more, and lose a lot on a busy CPU.
-    return DiffusersGenerator(tiny_sd_dir(), model_id="tiny-sd (random init, nexus-gen tiny profile)",
+    return DiffusersGenerator(tiny_sd_dir(), model_id=TINY_MODEL_ID,
                               device=spec.device, dtype=spec.dtype, steps=spec.steps or 2,
                               guidance=spec.guidance, size=spec.size, threads=1)
 
@@ -150,6 +153,7 @@ NAMED_GENERATORS: dict[str, Callable[[GeneratorSpec], Generator]] = {
     "noise": lambda spec: NoiseGenerator(size=spec.size or 512),
 }
 SCENES_ONLY = {"ground-truth"}
+MODEL_IDS = {"tiny": TINY_MODEL_ID}  # named generators whose model id is not their name
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -179,6 +183,22 @@ def make_generator(spec: GeneratorSpec) -> Generator:
         return NAMED_GENERATORS[spec.name](spec)
     return DiffusersGenerator(spec.name, device=spec.device, dtype=spec.dtype, steps=spec.steps,
                               guidance=spec.guidance, size=spec.size)
+
+
+class LazyGenerator:
+    """The generator `spec` names, loaded only when an image is actually missing, so resuming a
+    finished generation (e.g. to re-score) never loads a large pipeline."""
+
+    def __init__(self, spec: GeneratorSpec):
+        check_generator_name(spec.name)
+        self.spec = spec
+        self.model_id = MODEL_IDS.get(spec.name, spec.name)
+        self._inner: Optional[Generator] = None
+
+    def generate(self, metadata: dict[str, Any], seeds: Sequence[int]) -> list[Image.Image]:
+        if self._inner is None:
+            self._inner = make_generator(self.spec)
+        return self._inner.generate(metadata, seeds)
 
 
 @dataclass

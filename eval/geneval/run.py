@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from eval.geneval.generate import (SCENES_ONLY, GeneratorSpec, check_generator_name,
-                                   generate_images, make_generator)
+from eval.geneval.generate import (SCENES_ONLY, GeneratorSpec, LazyGenerator,
+                                   check_generator_name, generate_images)
 from eval.geneval.rules import ScoringOptions, validate_metadata
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def write_config(plan: Plan, **extra: Any) -> dict[str, Any]:
 def generate_step(plan: Plan) -> dict[str, int]:
     """Load the generator and write the missing images; record model id and seeds."""
     c = plan.config
-    generator = make_generator(c.generator_spec())
+    generator = LazyGenerator(c.generator_spec())
     res = generate_images(generator, plan.prompts, plan.out, n_images=c.n_images, base_seed=c.seed,
                           batch_size=c.batch_size, settings=c.generator_spec().to_json())
     gen = json.loads((plan.out / "generation.json").read_text(encoding="utf-8"))
