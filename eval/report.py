@@ -2,7 +2,8 @@
 `report.md` (figures as PNG files beside it) and a self-contained `report.html` (figures as base64
 PNG data URIs, no external asset). Every benchmark builds its content and uses these renderers.
 
-`write_run_report(run_dir)` picks the benchmark's builder from the run's `config.json`."""
+`write_run_report(run_dir)` picks the benchmark's builder from the run's `config.json`; given a
+directory of run directories (e.g. `runs/demo`), it writes their side-by-side report instead."""
 from __future__ import annotations
 
 import base64
@@ -21,6 +22,11 @@ FIGURE_DIR = "report_files"
 REPORT_BUILDERS: dict[str, str] = {
     "geneval": "eval.report_geneval:build_geneval_report",
     "geneval-scenes": "eval.report_geneval:build_geneval_report",
+}
+# benchmark -> "module:function" building one Report over several run directories.
+COMPARISON_BUILDERS: dict[str, str] = {
+    "geneval": "eval.report_geneval:build_comparison_report",
+    "geneval-scenes": "eval.report_geneval:build_comparison_report",
 }
 
 
@@ -229,20 +235,42 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{p}: not valid JSON ({e})") from e
 
 
+def _load(spec: str) -> Callable[..., Report]:
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def child_runs(parent: Path) -> list[Path]:
+    """Run directories (those with a config.json) directly inside `parent`, sorted by name."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    return sorted(p for p in parent.iterdir() if (p / "config.json").is_file())
+
+
 def build_run_report(run_dir: Path) -> Report:
-    """The Report of a run directory, by its benchmark's registered builder."""
+    """The Report of a run directory, by its benchmark's registered builder; for a directory of
+    run directories, their side-by-side comparison."""
+    run_dir = Path(run_dir)
+    children = child_runs(run_dir) if not (run_dir / "config.json").is_file() else []
+    if children:
+        benches = {read_run_config(c).get("benchmark") for c in children}
+        specs = {COMPARISON_BUILDERS.get(b) for b in benches}
+        if len(specs) != 1 or None in specs:
+            raise ValueError(f"{run_dir}: its runs ({', '.join(c.name for c in children)}) are of "
+                             f"benchmarks {sorted(map(str, benches))} that no one report compares")
+        return _load(specs.pop())(children)
     config = read_run_config(run_dir)
     bench = config.get("benchmark")
     if bench not in REPORT_BUILDERS:
         raise ValueError(f"{Path(run_dir) / 'config.json'}: benchmark {bench!r} has no report "
                          f"builder; known: {sorted(REPORT_BUILDERS)}")
-    module, func = REPORT_BUILDERS[bench].split(":")
-    builder: Callable[[Path], Report] = getattr(importlib.import_module(module), func)
-    return builder(Path(run_dir))
+    return _load(REPORT_BUILDERS[bench])(run_dir)
 
 
 def write_run_report(run_dir: Path) -> tuple[Report, Path, Path]:
-    """Build and write a run directory's report into it; return the report and both paths."""
+    """Build and write a run directory's (or a directory of runs') report into it; return the
+    report and both paths."""
     report = build_run_report(run_dir)
     md, page = write_report(report, run_dir)
     return report, md, page

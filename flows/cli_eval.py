@@ -138,8 +138,10 @@ def geneval_score(
     typer.echo(json.dumps(summary))
 
 
-def report(run_dir: Path = typer.Argument(..., help="a benchmark run directory (has config.json)")) -> None:
-    """Write report.md and a self-contained report.html for a benchmark run directory."""
+def report(run_dir: Path = typer.Argument(
+        ..., help="a benchmark run directory (has config.json), or a directory of them")) -> None:
+    """Write report.md and a self-contained report.html for a benchmark run directory (for a
+    directory of runs, their side-by-side comparison)."""
     from eval.report import write_run_report
 
     try:

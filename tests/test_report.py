@@ -150,10 +150,15 @@ def test_comparison_report_and_bad_run_dirs(tmp_path):
     assert cells[cells.index("colors"):cells.index("colors") + 3] == ["colors", "1", "0"]
     with pytest.raises(FileNotFoundError, match="no config.json"):
         build_run_report(tmp_path / "nothing")
+    # A directory of run directories gets their side-by-side report.
+    rep2, _, html2 = write_run_report(tmp_path)
+    assert rep2.title == rep.title and _parse(html2).cells == cells
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "config.json").write_text(json.dumps({"benchmark": "mystery"}))
     with pytest.raises(ValueError, match="benchmark 'mystery' has no report builder"):
         build_run_report(tmp_path / "odd")
+    with pytest.raises(ValueError, match="no one report compares"):
+        build_run_report(tmp_path)
     (b / "summary.json").unlink()
     with pytest.raises(FileNotFoundError, match="not been scored"):
         build_run_report(b)
