@@ -37,21 +37,25 @@ def post_report_artifacts(report: Report, key_prefix: str) -> None:
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare_task(config: GenEvalConfig) -> Plan:
+    """Check the config and write config.json (fails the flow before any work on bad input)."""
     return prepare(config)
 
 
 @task(name="generate", cache_policy=NO_CACHE)
 def generate_task(plan: Plan) -> dict[str, int]:
+    """Generate the missing images in the official layout (resumable)."""
     return generate_step(plan)
 
 
 @task(name="detect-and-score", cache_policy=NO_CACHE)
 def score_task(plan: Plan) -> dict[str, Any]:
+    """Detect (resumable, writes detections.jsonl) and score; writes results and summary."""
     return score_step(plan)
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(plan: Plan) -> str:
+    """Write report.md / report.html and post the report as Prefect artifacts."""
     report, md, html = report_step(plan)
     post_report_artifacts(report, plan.config.benchmark)
     log.info("report written: %s and %s", md, html)
@@ -59,6 +63,7 @@ def report_task(plan: Plan) -> str:
 
 
 def _run(config: GenEvalConfig) -> dict[str, Any]:
+    """The task sequence both GenEval flows share."""
     plan = prepare_task(config)
     counts = generate_task(plan)
     log.info("images: %d generated, %d kept", counts["generated"], counts["kept"])
