@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -318,10 +318,3 @@ def run_geneval(config: GenEvalConfig) -> dict[str, Any]:
     log.info("GenEval %s: overall %.4f (%s)", config.generator, summary["overall"], plan.out)
     return summary
 
-
-def config_to_json(config: GenEvalConfig) -> dict[str, Any]:
-    """A JSON-safe dict of the config (for logs and flow parameters)."""
-    d = asdict(config)
-    d["out"] = str(config.out)
-    d["prompts"] = str(config.prompts) if config.prompts else None
-    return d
