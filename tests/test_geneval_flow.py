@@ -74,6 +74,7 @@ def test_rerun_resumes_and_gives_the_same_bytes(run_dir, tmp_path):
     ({"benchmark": "geneval-scenes", "detector": "tiny"}, "pixel detector only"),
     ({"n_images": 0}, "--n-images must be >= 1"),
     ({"device": "cuda:0"}, "CUDA is not available"),
+    ({"clip": "no-such-clip"}, "--clip 'no-such-clip'"),
 ])
 def test_bad_config_fails_before_any_work(tmp_path, kw, message):
     out = tmp_path / "never"

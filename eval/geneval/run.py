@@ -169,6 +169,13 @@ def check(config: GenEvalConfig) -> Plan:
             from eval.geneval.detect import PAPER_DETECTOR
 
             _check_hub_source(PAPER_DETECTOR, "detector", "config.json")
+        if c.clip != "tiny":  # `tiny` is built on first use; any other spec must parse now
+            from nexus_gen.scoring.clip import resolve_clip_spec
+
+            try:
+                resolve_clip_spec(c.clip)
+            except ValueError as e:
+                raise ValueError(f"--clip {c.clip!r}: {e}") from e
     prompt_set = BENCHMARK_PROMPT_SET[c.benchmark] if c.prompts is None else "custom"
     prompt_file = Path(c.prompts) if c.prompts is not None else PROMPT_SETS[prompt_set]
     if not prompt_file.is_file():
