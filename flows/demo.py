@@ -38,13 +38,15 @@ def run_scenes_benchmark(out: Path, name: str, generator: str, size: Optional[in
 
 
 def write_side_by_side_report(out: Path, run_dirs: Sequence[Path]) -> Path:
-    """The demo's own report: every run's per-tag accuracy side by side."""
+    """The demo's own report (every run's per-tag accuracy side by side), also posted to Prefect."""
     from eval.report import write_report
     from eval.report_geneval import build_comparison_report
+    from flows.evaluate import post_report_artifacts
 
     report = build_comparison_report(
         run_dirs, title="nexus-gen demo: GenEval-scenes, ground truth vs a tiny random pipeline")
     _, html = write_report(report, out)
+    post_report_artifacts(report, "demo")
     return html
 
 
