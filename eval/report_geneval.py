@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from eval.report import Report, Section, Table, bar_chart, read_run_config
+from eval.report import Report, Section, Table, bar_chart, figure_png, read_run_config
 
 TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
@@ -69,6 +69,43 @@ def _comparable(config: dict[str, Any]) -> list[str]:
     return why
 
 
+def _sample_image(run_dir: Path, filename: str):
+    """A results row's image: its `<idx>/samples/<n>.png` under the run directory (which may have
+    moved since scoring), else the path as written; None if neither exists."""
+    from PIL import Image
+
+    for p in (run_dir.joinpath(*Path(filename).parts[-3:]), Path(filename)):
+        if p.is_file():
+            with Image.open(p) as im:
+                return im.convert("RGB")
+    return None
+
+
+def sample_gallery(run_dir: Path, rows: Sequence[dict[str, Any]], per_tag: int = 1) -> Optional[bytes]:
+    """PNG of the first `per_tag` scored images of each tag, titled with prompt and verdict."""
+    import textwrap
+
+    from matplotlib.figure import Figure as MplFigure
+
+    picks: list[dict[str, Any]] = []
+    for tag in TAGS:
+        picks += [r for r in rows if r["tag"] == tag][:per_tag]
+    shown = [(r, im) for r in picks if (im := _sample_image(run_dir, r["filename"])) is not None]
+    if not shown:
+        return None
+    cols = min(6, len(shown))
+    nrows = (len(shown) + cols - 1) // cols
+    fig = MplFigure(figsize=(2.0 * cols, 2.5 * nrows))
+    for k, (r, im) in enumerate(shown):
+        ax = fig.add_subplot(nrows, cols, k + 1)
+        ax.imshow(im)
+        ax.set_axis_off()
+        verdict = "correct" if r["correct"] else "wrong"
+        ax.set_title("\n".join(textwrap.wrap(r["prompt"], 24)[:3]) + f"\n[{verdict}]", fontsize=7,
+                     color="#1a7f37" if r["correct"] else "#b42318")
+    return figure_png(fig)
+
+
 def build_geneval_report(run_dir: Path) -> Report:
     """The report of one GenEval (or GenEval-scenes) run directory."""
     run_dir = Path(run_dir)
@@ -108,6 +145,10 @@ def build_geneval_report(run_dir: Path) -> Report:
         png = bar_chart([r[0] for r in present], {str(model_id): [r[3] for r in present]},
                         title=f"GenEval per-tag accuracy: {model_id}")
         figures.append(Figure("geneval_per_tag", png, caption="Per-tag image accuracy"))
+    gallery = sample_gallery(run_dir, rows)
+    if gallery is not None:
+        figures.append(Figure("geneval_samples", gallery,
+                              caption="One generated image per tag, with its prompt and verdict"))
     tags = Section("Per-tag results", tables=[Table(
         ["tag", "images", "correct", "accuracy"], tag_rows,
         note="Tags without images in this run show a dash and do not enter the overall score.")],

@@ -54,6 +54,10 @@ def test_run_directory_holds_everything(run_dir):
     html = (run_dir / "report.html").read_text()
     assert "tiny-sd" in html and "Nexus-Gen (V2)" in html and "<img" in html
     assert (run_dir / "report.md").is_file()
+    from PIL import Image
+
+    with Image.open(run_dir / "report_files" / "geneval_samples.png") as gallery:
+        assert gallery.width > 6 * 64  # one generated image per tag, side by side
 
 
 def test_rerun_resumes_and_gives_the_same_bytes(run_dir, tmp_path):
