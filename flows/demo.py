@@ -1,6 +1,8 @@
 """`make demo`: the whole evaluation path in a few minutes on a laptop CPU, offline.
 
-Steps (each a function, run in order by `demo_flow`): GenEval-scenes with the ground-truth
+Steps (each a function, run in order by `demo_flow`): convert the reference system's own examples
+(embedded in `datasets_spec/examples/`) into shards, validate them and export them to the
+reference jsonl and DiffSynth csv; then GenEval-scenes with the ground-truth
 renderer (the ceiling: ~1.0) and with a tiny random-init diffusers pipeline (the floor: ~0.0),
 each a full generate -> detect -> score -> report run, then one side-by-side report.
 
@@ -18,11 +20,30 @@ from prefect import flow
 
 log = logging.getLogger("flows.demo")  # not "__main__" under `python -m`
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "datasets_spec" / "examples" / "nexus_gen_example"
+
 # (run directory name, generator, image size): the two ends of the scale.
 SCENES_RUNS: tuple[tuple[str, str, Optional[int]], ...] = (
     ("geneval-scenes-ground-truth", "ground-truth", 256),
     ("geneval-scenes-tiny", "tiny", None),  # the tiny pipeline's native 64 px
 )
+
+
+def convert_examples(out: Path) -> dict[str, Any]:
+    """The data path on real data: reference examples -> shards -> validate -> both exports."""
+    from nexus_gen.data.check import validate_shards
+    from nexus_gen.data.convert import convert_file
+    from nexus_gen.data.export import export
+
+    shards = out / "data" / "shards"
+    summary = convert_file("nexus-gen-jsonl", EXAMPLES / "llm_dataset.jsonl", shards, images_root=EXAMPLES)
+    report = validate_shards(shards)
+    if not report.ok:
+        raise RuntimeError(f"demo shards failed validation: {report.problems}")
+    exported = {fmt: export(fmt, shards, out / "data" / f"export-{fmt}").to_json()
+                for fmt in ("nexus-gen-jsonl", "diffsynth-csv")}
+    log.info("examples: %s; by task %s; exports in %s", summary.counts(), summary.by_task, out / "data")
+    return {"convert": summary.counts(), "by_task": summary.by_task, "exports": exported}
 
 
 def run_scenes_benchmark(out: Path, name: str, generator: str, size: Optional[int],
@@ -55,13 +76,14 @@ def demo_flow(out: str, limit: Optional[int] = None, n_images: int = 2) -> dict[
     """All demo steps in one Prefect flow run (one ephemeral server for the whole demo)."""
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    data = convert_examples(root)
     run_dirs = [run_scenes_benchmark(root, name, generator, size, limit, n_images)
                 for name, generator, size in SCENES_RUNS]
     html = write_side_by_side_report(root, run_dirs)
     summaries = {d.name: json.loads((d / "summary.json").read_text(encoding="utf-8"))["overall"]
                  for d in run_dirs}
     log.info("demo report: %s", html)
-    return {"report": str(html), "overall": summaries}
+    return {"report": str(html), "overall": summaries, "data": data}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -13,3 +13,13 @@ def test_convert_flow_runs_in_prefect(prefect_harness, example_dir, tmp_path):
     assert summary["input"] == summary["accepted"] + summary["rejected"] == 5
     assert summary["by_task"] == {"understanding": 1, "generation": 2, "editing": 2}
     assert sorted(s["id"] for s in iter_samples(out))[0] == "184854"
+
+
+def test_embedded_examples_are_the_reference_fixture_unchanged(example_dir):
+    """The demo's embedded copy must stay byte-identical to the shared reference examples."""
+    from flows.demo import EXAMPLES
+
+    for name in ("llm_dataset.jsonl", "LICENSE", "SOURCE_COMMIT"):
+        assert (EXAMPLES / name).read_bytes() == (example_dir / name).read_bytes()
+    for img in (example_dir / "assets").rglob("*.*g"):
+        assert (EXAMPLES / img.relative_to(example_dir)).read_bytes() == img.read_bytes()

@@ -43,3 +43,8 @@ def test_demo_runs_ground_truth_and_tiny_side_by_side(prefect_harness, tmp_path)
     i = cells.index("overall")
     assert abs(float(cells[i + 1]) - gt["overall"]) < 1e-4
     assert abs(float(cells[i + 2]) - tiny["overall"]) < 1e-4
+    # the data step: the embedded reference examples converted, validated and exported
+    last = json.loads((out / "data" / "export-nexus-gen-jsonl" / "export.json").read_text())
+    assert last["written"] == {"understanding": 1, "generation": 2, "editing": 2}
+    csv_dir = out / "data" / "export-diffsynth-csv"
+    assert (csv_dir / "generation" / "metadata.csv").is_file() and (csv_dir / "editing" / "metadata.csv").is_file()
