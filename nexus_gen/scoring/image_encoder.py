@@ -82,11 +82,11 @@ class ImageJob:
         key, content, name = job
         try:
             img = to_rgb(content, name=name)  # type: ignore[arg-type]
-            return key, self._enc.preprocess(img), None
+            return key, self._enc.pil_steps(img), None, name
         except ImageLoadError as exc:
-            return key, None, str(exc)
+            return key, None, str(exc), name
         except Exception as exc:
-            return key, None, f"{name}: cannot preprocess image ({type(exc).__name__}: {exc})"
+            return key, None, f"{name}: cannot preprocess image ({type(exc).__name__}: {exc})", name
 
     def _drive(self) -> None:
         try:
@@ -138,7 +138,12 @@ class ImageJob:
                 break
             if isinstance(res, _Failure):
                 raise RuntimeError(f"image pipeline failed: {res.exc}") from res.exc
-            key, tensor, err = res
+            key, img, err, name = res
+            if err is None:
+                try:
+                    tensor = self._enc.tensor_steps(img)
+                except Exception as exc:
+                    err = f"{name}: cannot preprocess image ({type(exc).__name__}: {exc})"
             if err is not None:
                 self._errors_by_key[key] = err
                 continue
@@ -175,6 +180,39 @@ class ImageEncoderBase:
     dtype: torch.dtype
     cache: EmbeddingCache
     images_forwarded: int = 0  # number of images that went through the model
+
+    def _split_preprocess(self) -> tuple[Callable, Callable]:
+        """Split `preprocess` into its PIL steps (resize, crop: run in worker threads, which
+        release the GIL) and its tensor steps (to-tensor, normalise: run on the caller thread, so
+        workers never start torch thread pools that compete with the forward pass). The composed
+        result is the same transform, step for step."""
+        steps = getattr(self.preprocess, "transforms", None)
+        if steps is not None:
+            for i, t in enumerate(steps):
+                if type(t).__name__ in ("ToTensor", "MaybeToTensor", "PILToTensor"):
+                    pil, tens = list(steps[:i]), list(steps[i:])
+
+                    def run(x, fns):
+                        for f in fns:
+                            x = f(x)
+                        return x
+
+                    return (lambda x: run(x, pil)), (lambda x: run(x, tens))
+        return self.preprocess, (lambda x: x)
+
+    @property
+    def pil_steps(self) -> Callable:
+        """The PIL part of `preprocess` (see `_split_preprocess`)."""
+        if getattr(self, "_split", None) is None:
+            self._split = self._split_preprocess()
+        return self._split[0]
+
+    @property
+    def tensor_steps(self) -> Callable:
+        """The tensor part of `preprocess` (identity if it could not be split)."""
+        if getattr(self, "_split", None) is None:
+            self._split = self._split_preprocess()
+        return self._split[1]
 
     @property
     def cache_key(self) -> str:
