@@ -10,11 +10,11 @@ Includes combine with AND, excludes with OR. Facts from NEXUS_GEN.md and the off
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from nexus_gen.scoring.detection import Detection, Detections
+from nexus_gen.scoring.position import relative_position  # noqa: F401  (re-exported: the rule)
 
 COLORS: tuple[str, ...] = (
     "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
@@ -149,36 +149,6 @@ def keep_detections(detections: Union[Detections, Iterable[Detection]], tag: str
         if chosen:
             kept[label] = chosen
     return kept
-
-
-def relative_position(box_a: tuple[float, ...], box_b: tuple[float, ...],
-                      position_threshold: float = 0.1) -> set[str]:
-    """Relations of A to B (y grows downward): centre offset shrunk by `position_threshold`
-    times the summed box sizes, per axis, then normalised by the raw offset's length."""
-    ca = ((box_a[0] + box_a[2]) / 2, (box_a[1] + box_a[3]) / 2)
-    cb = ((box_b[0] + box_b[2]) / 2, (box_b[1] + box_b[3]) / 2)
-    dims = (abs(box_a[2] - box_a[0]) + abs(box_b[2] - box_b[0]),
-            abs(box_a[3] - box_a[1]) + abs(box_b[3] - box_b[1]))
-    offset = (ca[0] - cb[0], ca[1] - cb[1])
-    rev = [max(abs(o) - position_threshold * d, 0.0) * _sign(o) for o, d in zip(offset, dims)]
-    if all(abs(r) < 1e-3 for r in rev):
-        return set()
-    norm = math.hypot(*offset)
-    dx, dy = rev[0] / norm, rev[1] / norm
-    rels: set[str] = set()
-    if dx < -0.5:
-        rels.add("left of")
-    if dx > 0.5:
-        rels.add("right of")
-    if dy < -0.5:
-        rels.add("above")
-    if dy > 0.5:
-        rels.add("below")
-    return rels
-
-
-def _sign(v: float) -> float:
-    return (v > 0) - (v < 0)
 
 
 def _colors_of(classname: str, objects: list[Detection], color_fn: Optional[ColorFn]) -> list[str]:
