@@ -168,7 +168,7 @@ def inspect_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) 
     if fmt in ("PNG", "JPEG"):
         _check_end(fmt, data, name)
     else:
-        decode_image(data, name, max_pixels)
+        load_pixels(data, name, max_pixels)
     try:
         orientation = int(img.getexif().get(_ORIENTATION, 1) or 1)
     except Exception:
@@ -195,19 +195,31 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode every pixel: EXIF orientation applied, any mode (CMYK, 16-bit, palette, alpha
-    composited on white) to RGB. Truncated or corrupt data raises `ImageError`."""
+def load_pixels(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode every pixel as stored (no orientation or mode change): proves the data is whole.
+    Truncated or corrupt data raises `ImageError`. (PIL releases the GIL while decoding, so
+    threads decode in parallel.)"""
     img = _open(data, name, max_pixels)
-    prev = ImageFile.LOAD_TRUNCATED_IMAGES
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # a process-wide PIL switch someone turned on
+        raise ImageError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated "
+                         "images would pass unnoticed; turn it off to check images")
     try:
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
         img.load()
     except Exception as e:
         raise ImageError(f"image {name!r} is truncated or corrupt ({type(e).__name__}: {e})") from None
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = prev
-    img = ImageOps.exif_transpose(img)
+    return img
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode every pixel: EXIF orientation applied, any mode (CMYK, 16-bit, palette, alpha
+    composited on white) to RGB. Truncated or corrupt data raises `ImageError`."""
+    img = load_pixels(data, name, max_pixels)
+    try:
+        orientation = int(img.getexif().get(_ORIENTATION, 1) or 1)
+    except Exception:
+        orientation = 1
+    if orientation not in (0, 1):
+        img = ImageOps.exif_transpose(img)
     return _to_rgb(img)
 
 
@@ -226,7 +238,7 @@ def canonical_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_
     info = inspect_image(data, name, max_pixels)
     if info.canonical:
         if full:
-            decode_image(data, name, max_pixels)
+            load_pixels(data, name, max_pixels)
         return data, info
     img = decode_image(data, name, max_pixels)
     png = encode_png(img)
