@@ -214,3 +214,29 @@ def test_tiny_dino_loads_offline_and_gives_normalised_cls_features(photos):
     # by directory too
     assert load_dino(str(tiny_dino_dir()), cache=EmbeddingCache()).model_id.split("@")[1] == \
         den.model_id.split("@")[1]
+
+
+def test_long_lists_go_through_in_windows_with_the_same_result(photos, monkeypatch):
+    import nexus_gen.scoring.image_encoder as ie
+
+    enc = load_clip("tiny", cache=EmbeddingCache())
+    items = [photos[0], photos[1], photos[0], b"junk", photos[2]]
+    whole = enc.embed_images(items)
+    monkeypatch.setattr(ie, "WINDOW", 2)
+    enc.cache.clear()
+    windowed = enc.embed_images(items)
+    torch.testing.assert_close(windowed.vectors, whole.vectors, equal_nan=True)
+    assert [e is None for e in windowed.errors] == [True, True, True, False, True]
+    assert enc.embed_images([]).vectors.shape == (0, enc.embed_dim)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_both_schedules_give_the_same_embeddings(photos, overlap):
+    enc = load_clip("tiny", cache=EmbeddingCache())
+    want = torch.stack([_reference_embedding(enc, p)[0] for p in photos])
+    items = photos + [b"junk"] + photos[:2]
+    # prefetch 2: several windows / a short look-ahead, with a bad item in the middle
+    res = enc.start_images(items, batch_size=2, prefetch=2, overlap=overlap).result()
+    torch.testing.assert_close(res.vectors[:4], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(res.vectors[5:], want[:2], atol=1e-5, rtol=1e-5)
+    assert res.errors[4] is not None and enc.images_forwarded == 4

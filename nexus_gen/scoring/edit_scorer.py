@@ -14,7 +14,6 @@ image gets `error` set (naming the image) and None metrics; the rest of the chun
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
@@ -27,7 +26,7 @@ from nexus_gen.scoring.dino import DinoEncoder
 from nexus_gen.scoring.image_encoder import ImageEmbeddings
 from nexus_gen.scoring.images import ImageInput, ImageLoadError
 from nexus_gen.scoring.pixels import pixel_scores
-from nexus_gen.scoring.prefetch import default_workers
+from nexus_gen.scoring.prefetch import default_workers, worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ class EditScorer:
         n = len(chunk)
         uniq, idx = _dedupe([im for t in chunk for im in (t.source, t.target)])
         src_i, tgt_i = idx[0::2], idx[1::2]
-        pool = ThreadPoolExecutor(max_workers=self.workers) if want & PIXEL_METRICS else None
+        pool = worker_pool(self.workers) if want & PIXEL_METRICS else None
         pix_futs = [pool.submit(self._pixels, t) for t in chunk] if pool else []
         clip_job = self.clip.start_images(uniq, self.batch_size, workers=self.workers) \
             if want & CLIP_METRICS else None

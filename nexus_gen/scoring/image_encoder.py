@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Union
 
@@ -19,11 +18,13 @@ from PIL import Image
 
 from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
 from nexus_gen.scoring.images import ImageInput, ImageLoadError, describe, read_input, to_rgb
-from nexus_gen.scoring.prefetch import OrderedPrefetcher, default_workers
+from nexus_gen.scoring.prefetch import OrderedPrefetcher, default_workers, worker_pool
 
 log = logging.getLogger(__name__)
 
 _DONE = object()
+_WINDOW_END = object()
+WINDOW = 2048  # items per background job in `embed_images`
 
 
 @dataclass
@@ -49,17 +50,26 @@ class ImageJob:
     """Encoding of a list of images that started in the background; `result()` finishes it.
 
     Reading, hashing, decoding and preprocessing begin at construction (in threads), so the
-    caller can run other forward passes (texts) while images are being prepared."""
+    caller can run other forward passes (texts) while images are being prepared. Two schedules:
+    - overlap (default when the model runs on an accelerator): workers keep preparing up to
+      `prefetch` images ahead while the forward passes run;
+    - windows (default on CPU, where the forward pass already keeps every core busy and decode
+      threads competing with it stall its thread pool): the workers prepare a window of
+      `prefetch` images with all cores, then the window is forwarded, then the next is prepared.
+      The first window is still prepared while the caller does other work (text encoding)."""
 
     def __init__(self, encoder: "ImageEncoderBase", items: list[ImageInput], batch_size: int,
-                 workers: Optional[int], prefetch: Optional[int]) -> None:
+                 workers: Optional[int], prefetch: Optional[int], overlap: Optional[bool] = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._enc = encoder
         self._items = items
         self._bs = batch_size
         self._workers = workers or default_workers()
-        self._q: queue.Queue = queue.Queue(maxsize=prefetch or max(8 * batch_size, 64))
+        self._overlap = encoder.device.type != "cpu" if overlap is None else overlap
+        self._window = prefetch or max(8 * batch_size, 64)
+        self._q: queue.Queue = queue.Queue(maxsize=self._window if self._overlap else 0)
+        self._go = threading.Semaphore(0)  # windows schedule: "the last window is forwarded"
         self._keys: list[Optional[str]] = [None] * len(items)
         self._item_errors: list[Optional[str]] = [None] * len(items)
         self._found: dict[str, torch.Tensor] = {}
@@ -93,7 +103,7 @@ class ImageJob:
             cache, ckey = self._enc.cache, self._enc.cache_key
             misses: list[tuple[str, object, str]] = []
             seen: set[str] = set()
-            with ThreadPoolExecutor(max_workers=self._workers) as pool:
+            with worker_pool(self._workers) as pool:
                 for i, key, content, err in pool.map(self._read, range(len(self._items))):
                     if err is not None:
                         self._item_errors[i] = err
@@ -107,13 +117,22 @@ class ImageJob:
                         self._found[key] = vec
                     else:
                         misses.append((key, content, describe(self._items[i])))
-            prefetcher = OrderedPrefetcher(self._prepare, misses, workers=self._workers,
-                                           lookahead=max(2 * self._bs, 2 * self._workers))
-            try:
-                for res in prefetcher:
-                    self._q.put(res)
-            finally:
-                prefetcher.close()
+            if self._overlap:
+                prefetcher = OrderedPrefetcher(self._prepare, misses, workers=self._workers,
+                                               lookahead=max(2 * self._bs, 2 * self._workers))
+                try:
+                    for res in prefetcher:
+                        self._q.put(res)
+                finally:
+                    prefetcher.close()
+            else:
+                with worker_pool(self._workers) as pool:
+                    for w, s in enumerate(range(0, len(misses), self._window)):
+                        if w:
+                            self._go.acquire()
+                        for res in pool.map(self._prepare, misses[s:s + self._window]):
+                            self._q.put(res)
+                        self._q.put(_WINDOW_END)
         except BaseException as exc:  # surfaced in result()
             self._q.put(_Failure(exc))
         finally:
@@ -138,6 +157,10 @@ class ImageJob:
                 break
             if isinstance(res, _Failure):
                 raise RuntimeError(f"image pipeline failed: {res.exc}") from res.exc
+            if res is _WINDOW_END:
+                self._flush(batch)
+                self._go.release()
+                continue
             key, img, err, name = res
             if err is None:
                 try:
@@ -233,14 +256,25 @@ class ImageEncoderBase:
         return F.normalize(feats.float(), dim=-1).cpu()
 
     def start_images(self, images: Iterable[ImageInput], batch_size: int = 32, *,
-                     workers: Optional[int] = None, prefetch: Optional[int] = None) -> ImageJob:
-        """Begin encoding `images` in the background; call `.result()` for the embeddings."""
-        return ImageJob(self, as_list(images), batch_size, workers, prefetch)
+                     workers: Optional[int] = None, prefetch: Optional[int] = None,
+                     overlap: Optional[bool] = None) -> ImageJob:
+        """Begin encoding `images` in the background; call `.result()` for the embeddings.
+        `overlap`: None picks the schedule by device (see `ImageJob`)."""
+        return ImageJob(self, as_list(images), batch_size, workers, prefetch, overlap)
 
     def embed_images(self, images: Iterable[ImageInput], batch_size: int = 32, *,
                      workers: Optional[int] = None) -> ImageEmbeddings:
-        """Encode images, keeping going past bad ones (their rows are NaN, with an error)."""
-        return self.start_images(images, batch_size, workers=workers).result()
+        """Encode images, keeping going past bad ones (their rows are NaN, with an error).
+
+        Long lists go through in windows of `WINDOW` items, so the encoded bytes held in memory
+        stay bounded (the cache still dedupes across windows)."""
+        items = as_list(images)
+        parts = [self.start_images(items[s:s + WINDOW], batch_size, workers=workers).result()
+                 for s in range(0, len(items), WINDOW)]
+        if not parts:
+            return ImageEmbeddings(torch.empty(0, self.embed_dim), [], [])
+        return ImageEmbeddings(torch.cat([p.vectors for p in parts]),
+                               [e for p in parts for e in p.errors], [k for p in parts for k in p.keys])
 
     def encode_images(self, images: Iterable[ImageInput], batch_size: int = 32) -> torch.Tensor:
         """[N, D] L2-normalised float32 cpu embeddings; raises `ImageLoadError` naming every bad

@@ -5,12 +5,38 @@ PIL decoding/resizing and hashlib release the GIL, so threads give real parallel
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+WORKER_NICE = 10  # decode threads yield the CPU to the forward pass (Linux: nice is per thread)
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value (Linux), so it runs on CPU the forward pass leaves
+    idle instead of preempting its torch threads (which then stall each other at barriers)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        cur = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, max(cur, nice)))
+    except OSError:  # not permitted or not supported: run at normal priority
+        pass
+
+
+def worker_pool(workers: Optional[int] = None, nice: Optional[int] = None) -> ThreadPoolExecutor:
+    """A thread pool whose threads run at lowered priority (see `lower_thread_priority`;
+    `nice` defaults to `WORKER_NICE`)."""
+    nice = WORKER_NICE if nice is None else nice
+    return ThreadPoolExecutor(max_workers=workers or default_workers(),
+                              thread_name_prefix="nexus-prefetch",
+                              initializer=lower_thread_priority, initargs=(nice,))
 
 
 def default_workers() -> int:
@@ -26,11 +52,10 @@ class OrderedPrefetcher(Iterator[R]):
     per-item errors make `fn` return them instead."""
 
     def __init__(self, fn: Callable[[T], R], items: Iterable[T], *, workers: Optional[int] = None,
-                 lookahead: int = 64) -> None:
+                 lookahead: int = 64, nice: Optional[int] = None) -> None:
         self._fn = fn
         self._items = iter(items)
-        self._pool = ThreadPoolExecutor(max_workers=workers or default_workers(),
-                                        thread_name_prefix="nexus-prefetch")
+        self._pool = worker_pool(workers, nice)
         self._pending: deque[Future] = deque()
         self._lookahead = max(1, lookahead)
         self._fill()
