@@ -151,14 +151,17 @@ class ImageJob:
     def result(self) -> ImageEmbeddings:
         """Run the forward passes and return one row per input item."""
         batch: list[tuple[str, torch.Tensor]] = []
+        window: list[tuple[str, torch.Tensor]] = []
         while True:
             res = self._q.get()
             if res is _DONE:
                 break
             if isinstance(res, _Failure):
                 raise RuntimeError(f"image pipeline failed: {res.exc}") from res.exc
-            if res is _WINDOW_END:
-                self._flush(batch)
+            if res is _WINDOW_END:  # windows schedule: the whole window is ready, forward it
+                for s in range(0, len(window), self._bs):
+                    self._flush(window[s:s + self._bs])
+                window.clear()
                 self._go.release()
                 continue
             key, img, err, name = res
@@ -169,6 +172,9 @@ class ImageJob:
                     err = f"{name}: cannot preprocess image ({type(exc).__name__}: {exc})"
             if err is not None:
                 self._errors_by_key[key] = err
+                continue
+            if not self._overlap:
+                window.append((key, tensor))
                 continue
             batch.append((key, tensor))
             if len(batch) >= self._bs:
