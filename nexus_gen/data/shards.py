@@ -187,19 +187,20 @@ class ShardWriter:
         self._buf = {k: [] for k in FIELDS}
         self._buf_bytes = 0
         self._buf_tasks = {}
+        table = build_table(buf, self._schema)  # here, while the writer thread writes the last group
+        del buf
         self._wait()
-        self._pending = self._io.submit(self._write_group, buf, tasks)
+        self._pending = self._io.submit(self._write_group, table, tasks)
 
     def _wait(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.result()  # re-raises a write error in the caller
 
-    def _write_group(self, buf: dict[str, list], tasks: dict[str, int]) -> None:
+    def _write_group(self, table: pa.Table, tasks: dict[str, int]) -> None:
         if self._writer is None:
             self._open_shard()
-        n = len(buf["id"])
-        table = build_table(buf, self._schema)
+        n = table.num_rows
         self._writer.write_table(table, row_group_size=n)
         self._file.advance()
         self._rows += n
