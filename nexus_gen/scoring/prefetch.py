@@ -14,7 +14,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-WORKER_NICE = 10  # decode threads yield the CPU to the forward pass (Linux: nice is per thread)
+WORKER_NICE = 0  # >0 lowers decode threads (Linux: nice is per thread) so they only use idle CPU
 
 
 def lower_thread_priority(nice: int) -> None:
