@@ -82,6 +82,32 @@ def optional_id(value: Any, column: str) -> Optional[str]:
     return str(value)
 
 
+def parse_turns(data: dict[str, Any], field: str, role_key: str, content_key: str,
+                roles: Optional[dict[str, str]] = None) -> list[dict[str, str]]:
+    """A record's list of turns as `{role, content}` messages. `roles` maps foreign role names
+    (e.g. LLaVA's human/gpt); without it roles are kept as they are (validation checks them)."""
+    turns = require(data, field, list)
+    if not turns:
+        raise DraftError(f"field {field!r} is empty; a sample needs a user and an assistant turn")
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict):
+            raise DraftError(f"{field}[{i}] should be an object, got {type(t).__name__}")
+        role, content = t.get(role_key), t.get(content_key)
+        if roles is not None:
+            if role not in roles:
+                raise DraftError(f"{field}[{i}]: unknown role {role_key!r}: {role!r} "
+                                 f"(expected one of {', '.join(roles)})")
+            role = roles[role]
+        elif not isinstance(role, str):
+            raise DraftError(f"{field}[{i}]: missing or non-string {role_key!r}")
+        if not isinstance(content, str):
+            raise DraftError(f"{field}[{i}] ({role}): {content_key!r} should be a string, "
+                             f"got {type(content).__name__}")
+        out.append({"role": role, "content": content})
+    return out
+
+
 def drafts_from_records(records: Iterable[Record], make: Callable[[Record], list[Draft]]) -> Iterator[Item]:
     """Turn records into drafts with `make`; unreadable records and `DraftError`s become rejects."""
     for rec in records:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from nexus_gen.data.convert.base import Draft, DraftError, Item, drafts_from_records, require
+from nexus_gen.data.convert.base import Draft, DraftError, Item, drafts_from_records, parse_turns, require
 from nexus_gen.data.records import Record, read_records
 
 NAME = "llava"
@@ -15,19 +15,7 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 def draft(rec: Record, source: str) -> list[Draft]:
     data = rec.data
     sid = require(data, "id", (str, int))
-    turns = require(data, "conversations", list)
-    if not turns:
-        raise DraftError("field 'conversations' is empty")
-    messages = []
-    for i, t in enumerate(turns):
-        if not isinstance(t, dict):
-            raise DraftError(f"conversations[{i}] should be an object, got {type(t).__name__}")
-        who, value = t.get("from"), t.get("value")
-        if who not in ROLES:
-            raise DraftError(f"conversations[{i}]: unknown role 'from': {who!r} (expected human or gpt)")
-        if not isinstance(value, str):
-            raise DraftError(f"conversations[{i}]: 'value' should be a string, got {type(value).__name__}")
-        messages.append({"role": ROLES[who], "content": value})
+    messages = parse_turns(data, "conversations", "from", "value", ROLES)
     image = data.get("image")
     images = [] if image is None else ([image] if isinstance(image, str) else image)
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):

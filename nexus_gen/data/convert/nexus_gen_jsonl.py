@@ -5,27 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from nexus_gen.data.convert.base import Draft, DraftError, Item, drafts_from_records, require
+from nexus_gen.data.convert.base import Draft, DraftError, Item, drafts_from_records, parse_turns, require
 from nexus_gen.data.records import Record, read_records
 
 NAME = "nexus-gen-jsonl"
-
-
-def _messages(data: dict) -> list[dict]:
-    msgs = require(data, "messages", list)
-    if not msgs:
-        raise DraftError("field 'messages' is empty; a sample needs a user and an assistant turn")
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            raise DraftError(f"messages[{i}] should be an object, got {type(m).__name__}")
-        role, content = m.get("role"), m.get("content")
-        if not isinstance(role, str):
-            raise DraftError(f"messages[{i}]: missing or non-string 'role'")
-        if not isinstance(content, str):
-            raise DraftError(f"messages[{i}] ({role}): 'content' should be a string, got {type(content).__name__}")
-        out.append({"role": role, "content": content})
-    return out
 
 
 def draft(rec: Record, default_source: str) -> list[Draft]:
@@ -41,7 +24,7 @@ def draft(rec: Record, default_source: str) -> list[Draft]:
         images = [images]
     if not isinstance(images, list) or not all(isinstance(i, (str, dict)) for i in images):
         raise DraftError("field 'images' should be a list of image paths")
-    return [Draft(rec.location, str(sid), source, _messages(data), images)]
+    return [Draft(rec.location, str(sid), source, parse_turns(data, "messages", "role", "content"), images)]
 
 
 def read(path: Path, source: str | None = None) -> Iterator[Item]:
