@@ -152,7 +152,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--model", default="ViT-B-32-quickgelu:random")
     ap.add_argument("--no-naive", action="store_true", help="skip (c) (for tuning runs)")
-    ap.add_argument("--repeat", type=int, default=2, help="runs of (a) and (b); the best counts")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of (a) and (b); the best counts")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "randomly initialised" on root

@@ -14,6 +14,7 @@ image gets `error` set (naming the image) and None metrics; the rest of the chun
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
@@ -80,7 +81,7 @@ def _dedupe(images: list[ImageInput]) -> tuple[list[ImageInput], list[int]]:
     where: dict[Any, int] = {}
     idx = []
     for im in images:
-        key = ("v", str(im)) if isinstance(im, str) else \
+        key = ("v", os.fspath(im)) if isinstance(im, (str, os.PathLike)) else \
             ("b", bytes(im)) if isinstance(im, (bytes, bytearray)) else ("o", id(im))
         if key not in where:
             where[key] = len(uniq)
@@ -135,6 +136,9 @@ class EditScorer:
         dino_job = self.dino.start_images(uniq, self.batch_size, workers=self.workers) \
             if "dino" in want else None
 
+        for job in (clip_job, dino_job):  # on CPU: decode with every core first, then texts
+            if job is not None:
+                job.wait_ready()
         texts: dict[str, torch.Tensor] = {}
         if want & {"clip_t", "clip_dir", "clipscore"}:
             caps = [c for t in chunk for c in (t.source_caption, t.target_caption) if c]

@@ -70,6 +70,7 @@ class ImageJob:
         self._window = prefetch or max(8 * batch_size, 64)
         self._q: queue.Queue = queue.Queue(maxsize=self._window if self._overlap else 0)
         self._go = threading.Semaphore(0)  # windows schedule: "the last window is forwarded"
+        self._first_ready = threading.Event()
         self._keys: list[Optional[str]] = [None] * len(items)
         self._item_errors: list[Optional[str]] = [None] * len(items)
         self._found: dict[str, torch.Tensor] = {}
@@ -133,19 +134,29 @@ class ImageJob:
                         for res in pool.map(self._prepare, misses[s:s + self._window]):
                             self._q.put(res)
                         self._q.put(_WINDOW_END)
+                        self._first_ready.set()
         except BaseException as exc:  # surfaced in result()
             self._q.put(_Failure(exc))
         finally:
             self._q.put(_DONE)
+            self._first_ready.set()
+
+    def wait_ready(self) -> None:
+        """Windows schedule: block until the first window is prepared, so the caller's next
+        forward pass (texts) does not compete with decoding for the cores. No-op when overlapping."""
+        if not self._overlap:
+            self._first_ready.wait()
 
     # -- caller thread: batched forward passes
-    def _flush(self, batch: list[tuple[str, torch.Tensor]]) -> None:
-        if not batch:
-            return
-        vecs = self._enc.forward_tensors(torch.stack([t for _, t in batch]))
-        for (key, _), vec in zip(batch, vecs):
+    def _forward_keys(self, keys: list[str], tensors: torch.Tensor) -> None:
+        vecs = self._enc.forward_tensors(tensors)
+        for key, vec in zip(keys, vecs):
             self._found[key] = vec
             self._enc.cache.put(self._enc.cache_key, key, vec)
+
+    def _flush(self, batch: list[tuple[str, torch.Tensor]]) -> None:
+        if batch:
+            self._forward_keys([k for k, _ in batch], torch.stack([t for _, t in batch]))
         batch.clear()
 
     def result(self) -> ImageEmbeddings:
@@ -159,9 +170,11 @@ class ImageJob:
             if isinstance(res, _Failure):
                 raise RuntimeError(f"image pipeline failed: {res.exc}") from res.exc
             if res is _WINDOW_END:  # windows schedule: the whole window is ready, forward it
-                for s in range(0, len(window), self._bs):
-                    self._flush(window[s:s + self._bs])
-                window.clear()
+                if window:  # one contiguous tensor for the window, batches are views of it
+                    keys, big = [k for k, _ in window], torch.stack([t for _, t in window])
+                    window.clear()
+                    for s in range(0, len(keys), self._bs):
+                        self._forward_keys(keys[s:s + self._bs], big[s:s + self._bs])
                 self._go.release()
                 continue
             key, img, err, name = res
