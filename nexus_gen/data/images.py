@@ -42,6 +42,19 @@ class ImageInfo:
         return self.format in KEEP_FORMATS and self.mode == "RGB" and self.orientation in (0, 1)
 
 
+def _read_fd(fd: int, size: int) -> bytes:
+    """The whole file behind `fd`: one read syscall for the common case (no file object)."""
+    data = os.read(fd, max(size, 1) + 1)  # +1: notice a file that grew since fstat
+    if len(data) == size:
+        return data
+    parts = [data]  # a short read, or a growing file: read on to the end
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+
+
 class ImagesRoot:
     """Reads image files named relative to a root, never outside it: refuses URLs, `..` escapes,
     absolute paths elsewhere and symlinks that point out. Directory checks are cached, so a file
@@ -101,11 +114,13 @@ class ImagesRoot:
                                      f"{self.root}") from None
                 return self.read(os.path.relpath(real, self.root))
             raise ImageError(f"image file {ref!r} cannot be opened: {e.strerror}") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses directories itself
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageError(f"image path {ref!r} is not a regular file")
+            data = _read_fd(fd, st.st_size)
+        finally:
             os.close(fd)
-            raise ImageError(f"image path {ref!r} is not a regular file")
-        with os.fdopen(fd, "rb") as f:
-            data = f.read()
         if not data:
             raise ImageError(f"image file {ref!r} is empty (0 bytes)")
         return data
