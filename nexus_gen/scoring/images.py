@@ -1,16 +1,16 @@
 """Image inputs of the scorers: paths, bytes or PIL images -> (sha256 key, RGB image).
 
-Decoding goes through one swap point, `decode_bytes`, which uses the project's safe decoder
-(`nexus_gen.data.images.decode_image`) when it exists and PIL otherwise."""
+Decoding goes through the project's one safe decoder (`nexus_gen.data.images.decode_image`)."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from pathlib import Path
 from typing import Union
 
 from PIL import Image
+
+from nexus_gen.data.images import ImageError, decode_image
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, dict]
 
@@ -32,22 +32,8 @@ def describe(item: ImageInput) -> str:
     return f"<{type(item).__name__}>"
 
 
-def _pil_decode(data: bytes, *, name: str) -> Image.Image:
-    """Fallback decoder: PIL, fully loaded, converted to RGB."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except Exception as exc:  # PIL raises many types for corrupt data
-        raise ImageLoadError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
-    return img.convert("RGB") if img.mode != "RGB" else img
-
-
 def decode_bytes(data: bytes, *, name: str) -> Image.Image:
     """Decode encoded image bytes to an RGB PIL image, raising `ImageLoadError` naming `name`."""
-    try:
-        from nexus_gen.data.images import ImageError, decode_image  # the project's safe decoder
-    except ImportError:
-        return _pil_decode(data, name=name)
     try:
         return decode_image(data, name=name)
     except ImageError as exc:
