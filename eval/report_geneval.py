@@ -72,12 +72,11 @@ def _comparable(config: dict[str, Any]) -> list[str]:
 def _sample_image(run_dir: Path, filename: str):
     """A results row's image: its `<idx>/samples/<n>.png` under the run directory (which may have
     moved since scoring), else the path as written; None if neither exists."""
-    from PIL import Image
+    from eval.geneval.score import open_image
 
     for p in (run_dir.joinpath(*Path(filename).parts[-3:]), Path(filename)):
         if p.is_file():
-            with Image.open(p) as im:
-                return im.convert("RGB")
+            return open_image(p)
     return None
 
 

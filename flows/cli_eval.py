@@ -11,6 +11,8 @@ from typing import Any, Optional
 
 import typer
 
+from eval.geneval.rules import ScoringOptions  # light: no torch
+
 log = logging.getLogger(__name__)
 
 app = typer.Typer(help="Benchmarks: GenEval, GenEval-scenes, re-scoring.", no_args_is_help=True)
@@ -31,17 +33,17 @@ def _options(threshold: float, counting_threshold: float, max_objects: int, nms_
             "position_threshold": position_threshold}
 
 
-# Scoring options with the official defaults (eval.geneval.rules.ScoringOptions).
-_THRESHOLD = typer.Option(0.3, help="keep detections scoring above this")
-_COUNTING = typer.Option(0.9, help="the threshold for counting prompts")
-_MAX_OBJECTS = typer.Option(16, help="at most this many detections per class")
-_NMS = typer.Option(1.0, help="per-class NMS IoU threshold (1.0 = off, the official default)")
-_POSITION = typer.Option(0.1, help="the relative-position margin")
+# Scoring options with the official defaults, taken from the one place that holds them.
+_DEFAULTS = ScoringOptions()
+_THRESHOLD = typer.Option(_DEFAULTS.threshold, help="keep detections scoring above this")
+_COUNTING = typer.Option(_DEFAULTS.counting_threshold, help="the threshold for counting prompts")
+_MAX_OBJECTS = typer.Option(_DEFAULTS.max_objects, help="at most this many detections per class")
+_NMS = typer.Option(_DEFAULTS.nms_threshold, help="per-class NMS IoU threshold (1.0 = off, the official default)")
+_POSITION = typer.Option(_DEFAULTS.position_threshold, help="the relative-position margin")
 
 
 def _run_benchmark(benchmark: str, **params: Any) -> None:
     """Check the config, then run the benchmark's flow in-process and print the summary JSON."""
-    from eval.geneval.rules import ScoringOptions
     from eval.geneval.run import GenEvalConfig, check
 
     options = params.pop("options")
@@ -124,7 +126,6 @@ def geneval_score(
     device: str = typer.Option("cpu"),
 ) -> None:
     """Re-score a detections file with other options, without a detector; prints the summary."""
-    from eval.geneval.rules import ScoringOptions
     from eval.geneval.score import rescore_file
 
     try:

@@ -14,12 +14,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from nexus_gen.scoring.detection import Detection, Detections
-from nexus_gen.scoring.position import relative_position  # noqa: F401  (re-exported: the rule)
+from nexus_gen.scoring.position import POSITION_THRESHOLD, RELATIONS, relative_position
 
 COLORS: tuple[str, ...] = (
     "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
 )
-RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 TAGS: tuple[str, ...] = (
     "single_object", "two_object", "counting", "colors", "position", "color_attr",
 )
@@ -39,7 +38,7 @@ class ScoringOptions:
     counting_threshold: float = 0.9
     max_objects: int = 16
     nms_threshold: float = 1.0
-    position_threshold: float = 0.1
+    position_threshold: float = POSITION_THRESHOLD
 
     def __post_init__(self) -> None:
         for name in ("threshold", "counting_threshold"):

@@ -14,13 +14,14 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence, Union
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from eval.geneval.detections_file import (
     ImageRecord, drop_unterminated_tail, read_records, record_line,
 )
 from eval.geneval.layout import iter_images
 from eval.geneval.rules import ColorFn, ScoringOptions, judge, keep_detections, result_row
+from nexus_gen.data.images import decode_image
 from nexus_gen.scoring.detection import Detection, group_by_label
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,10 @@ def as_options(options: Options) -> ScoringOptions:
 
 
 def open_image(path: Path) -> Image.Image:
-    """RGB image with EXIF orientation applied (as the official scorer reads it)."""
+    """RGB image with EXIF orientation applied (as the official scorer reads it), through the
+    project's safe decoder (pixel guard, truncation check, any mode to RGB)."""
     try:
-        with Image.open(path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
+        return decode_image(Path(path).read_bytes(), name=str(path))
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read GenEval image {path}: {e}") from e
 

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Union
 
 from PIL import Image
 
+from nexus_gen.data.image_header import sniff
 from nexus_gen.data.shards import iter_samples, write_json_atomic
 from nexus_gen.data.templates import generation_prompt, strip_tags
 
@@ -39,29 +40,35 @@ class ExportSummary:
 
 
 class ImageStore:
-    """Writes each distinct image once, content-addressed: `images/<sha256[:2]>/<sha256>.<ext>`."""
+    """Writes each distinct image once, content-addressed: `images/<sha256[:2]>/<sha256>.<ext>`,
+    where the name is the hash of the stored bytes. An image seen before costs one dict lookup."""
 
     def __init__(self, root: Path):
         self.root = root
-        self.written: set[str] = set()
+        self.written: dict[str, str] = {}  # sha256 of the shard's bytes -> relative path
 
     def put(self, data: bytes) -> str:
+        """Store `data` once and return its path relative to the root."""
         sha = hashlib.sha256(data).hexdigest()
-        with Image.open(io.BytesIO(data)) as im:
-            ext = _EXT.get(im.format or "", "png")
-        if ext == "png" and not data.startswith(b"\x89PNG"):  # unusual format: store as PNG
+        rel = self.written.get(sha)
+        if rel is not None:
+            return rel
+        head = sniff(data)
+        fmt = head[0] if head else Image.open(io.BytesIO(data)).format
+        ext = _EXT.get(fmt or "")
+        if ext is None:  # an unusual format from a foreign shard: store a PNG of it
             buf = io.BytesIO()
             Image.open(io.BytesIO(data)).convert("RGB").save(buf, "PNG")
-            data = buf.getvalue()
-        rel = f"images/{sha[:2]}/{sha}.{ext}"
-        if rel not in self.written:
-            p = self.root / rel
-            if not p.exists():
-                p.parent.mkdir(parents=True, exist_ok=True)
-                tmp = p.with_name(f".{p.name}.tmp")
-                tmp.write_bytes(data)
-                tmp.replace(p)
-            self.written.add(rel)
+            data, ext = buf.getvalue(), "png"
+        stored_sha = hashlib.sha256(data).hexdigest() if ext == "png" and fmt != "PNG" else sha
+        rel = f"images/{stored_sha[:2]}/{stored_sha}.{ext}"
+        p = self.root / rel
+        if not p.exists():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f".{p.name}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(p)
+        self.written[sha] = rel
         return rel
 
 
