@@ -247,11 +247,9 @@ def generate_images(generator: Generator, prompts: Sequence[tuple[int, dict[str,
                               "seed_rule": "sha256('geneval:{base}:{index}:{sample}')[:4] & 0x7fffffff"}
     _check_generation_record(out, record)
     result = GenerationResult()
-    try:
-        from tqdm import tqdm
-        progress = tqdm(prompts, desc=f"generate ({generator.model_id})", unit="prompt")
-    except ImportError:  # tqdm is a dependency; stay usable without it
-        progress = prompts
+    from tqdm import tqdm
+
+    progress = tqdm(prompts, desc=f"generate ({generator.model_id})", unit="prompt")
     for index, metadata in progress:
         meta_path = layout.prompt_dir(out, index) / "metadata.jsonl"
         if meta_path.is_file() and layout.read_metadata(out, index) != metadata:

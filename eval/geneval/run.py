@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Optional
 from eval.geneval.generate import (SCENES_ONLY, GeneratorSpec, LazyGenerator,
                                    check_generator_name, generate_images)
 from eval.geneval.rules import ScoringOptions, validate_metadata
+from nexus_gen.data.shards import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -242,21 +242,14 @@ def config_record(plan: Plan) -> dict[str, Any]:
     }
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_config(plan: Plan, **extra: Any) -> dict[str, Any]:
     """(Re)write `config.json`, keeping what later steps added (generation record, model ids)."""
     path = plan.out / CONFIG_FILE
     record = config_record(plan)
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        for key in ("generation",):
-            if key in old:
-                record[key] = old[key]
+        if "generation" in old:
+            record["generation"] = old["generation"]
         if "model_id" in old.get("detector", {}):
             record["detector"]["model_id"] = old["detector"]["model_id"]
     for key, value in extra.items():
@@ -264,7 +257,7 @@ def write_config(plan: Plan, **extra: Any) -> dict[str, Any]:
             record[key] = {**record[key], **value}
         else:
             record[key] = value
-    _write_json(path, record)
+    write_json_atomic(path, record, sort_keys=True)
     return record
 
 
@@ -305,7 +298,7 @@ def score_step(plan: Plan) -> dict[str, Any]:
         model_id = detector.model_id
     write_config(plan, detector={"model_id": model_id})
     _, summary = score_folder(plan.out, detector, options=c.options, clip=c.clip, device=c.device)
-    _write_json(plan.out / SUMMARY_FILE, summary)
+    write_json_atomic(plan.out / SUMMARY_FILE, summary, sort_keys=True)
     return summary
 
 

@@ -4,6 +4,7 @@ The `tiny` profile builds small models from configs with fixed seeds into a cach
 first use, then everything loads them through the ordinary `from_pretrained` path."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -16,6 +17,15 @@ def cache_root() -> Path:
     """`$NEXUS_GEN_CACHE`, else `~/.cache/nexus-gen`."""
     root = os.environ.get("NEXUS_GEN_CACHE") or os.path.join(Path.home(), ".cache", "nexus-gen")
     return Path(root)
+
+
+def _isolated_rng():
+    """Builders seed torch themselves; this keeps their seeding from touching the caller's RNG."""
+    try:
+        import torch
+    except ImportError:
+        return contextlib.nullcontext()
+    return torch.random.fork_rng(devices=[])
 
 
 def build_once(name: str, builder: Callable[[Path], None]) -> Path:
@@ -33,7 +43,8 @@ def build_once(name: str, builder: Callable[[Path], None]) -> Path:
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
-            builder(tmp)
+            with _isolated_rng():
+                builder(tmp)
             (tmp / ".complete").write_text("ok\n")
             if target.exists():
                 shutil.rmtree(target)

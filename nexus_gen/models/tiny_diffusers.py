@@ -104,5 +104,3 @@ def tiny_sd_dir() -> Path:
     """Directory of the tiny random Stable Diffusion pipeline (built on first use, then cached)."""
     return build_once(TINY_SD_NAME, _build_tiny_sd)
 
-
-TINY_PIPELINES = {"tiny": tiny_sd_dir, "tiny-sd": tiny_sd_dir}

@@ -15,7 +15,6 @@ from nexus_gen.scenes.scene import Scene
 from nexus_gen.scenes.shapes import PLURALS, SHAPES
 from nexus_gen.scenes.text import article
 
-KINDS: tuple[str, ...] = ("counting", "color", "presence", "position")
 POPE_SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
 LETTERS = "ABCD"
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."

@@ -80,7 +80,7 @@ def load_dino(spec: str = "paper", *, device: Union[str, torch.device] = "cpu",
     if spec == "tiny":
         from nexus_gen.scoring.tiny_models import tiny_dino_dir
 
-        source, model_id = tiny_dino_dir(), None
+        source = tiny_dino_dir()
         model_id = f"dino-tiny@sha256:{_weights_id(source)}"
     elif Path(spec).expanduser().is_dir():
         source = Path(spec).expanduser().resolve()
