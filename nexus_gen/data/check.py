@@ -2,7 +2,6 @@
 the manifest's row counts and sha256 compared with the files, counts per task/source/language."""
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ import pyarrow.parquet as pq
 from nexus_gen.data.images import ImageError, decode_image, inspect_image
 from nexus_gen.data.shards import MANIFEST, iter_samples, read_manifest, shard_files
 from nexus_gen.data.validate import sample_problems
+from nexus_gen.hashing import file_sha256
 
 
 @dataclass
@@ -30,14 +30,6 @@ class ValidationReport:
     def to_json(self) -> dict[str, Any]:
         return {"samples": self.samples, "by_task": dict(self.by_task), "by_source": dict(self.by_source),
                 "by_language": dict(self.by_language), "problems": len(self.problems), "ok": self.ok}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _manifest_problems(folder: Path) -> tuple[list[str], list[Path]]:
@@ -62,7 +54,7 @@ def _manifest_problems(folder: Path) -> tuple[list[str], list[Path]]:
             continue
         if rows != s.get("rows"):
             problems.append(f"{p}: {rows} rows, the manifest says {s.get('rows')}")
-        if _sha256(p) != s.get("sha256"):
+        if file_sha256(p) != s.get("sha256"):
             problems.append(f"{p}: sha256 differs from the manifest (file changed or corrupt)")
     listed = {p.name for p, _ in entries}
     for stray in sorted(folder.glob("shard-*.parquet")):

@@ -17,6 +17,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from nexus_gen.hashing import file_sha256
 from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
 from nexus_gen.scoring.image_encoder import ImageEncoderBase
 
@@ -44,11 +45,7 @@ class ClipSpec:
 
 
 def _short_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def resolve_clip_spec(spec: str) -> ClipSpec:

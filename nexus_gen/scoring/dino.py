@@ -14,6 +14,7 @@ from typing import Optional, Union
 
 import torch
 
+from nexus_gen.hashing import update_from_file
 from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
 from nexus_gen.scoring.image_encoder import ImageEncoderBase
 
@@ -58,9 +59,7 @@ def _weights_id(path: Path) -> str:
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
     h = hashlib.sha256()
     for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
+        update_from_file(h, f)
     return h.hexdigest()[:16] if files else "no-weights"
 
 
