@@ -138,8 +138,9 @@ def last_json(result: Any) -> dict:
 
 
 def convert(fmt: str, input_path: Path, out: Path, *extra: Any) -> dict:
-    """`nexus-gen convert` that must succeed; returns the counts line."""
-    res = cli("convert", fmt, input_path, "--out", out, "--workers", 2, *extra)
+    """`nexus-gen convert` (default workers: images checked on the calling thread) that must
+    succeed; returns the counts line."""
+    res = cli("convert", fmt, input_path, "--out", out, *extra)
     assert res.exit_code == 0, f"convert failed ({res.exit_code}): {res.output}\n{res.exception!r}"
     counts = last_json(res)
     assert set(counts) == {"input", "accepted", "rejected"}

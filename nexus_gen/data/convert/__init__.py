@@ -17,7 +17,7 @@ from nexus_gen.data.shards import DEFAULT_SHARD_BYTES, MANIFEST, SHARD_GLOB
 def convert_file(fmt: str, input_path: Union[str, Path], out_dir: Union[str, Path],
                  images_root: Optional[Union[str, Path]] = None, source: Optional[str] = None,
                  language: Optional[str] = None, verify: str = "header",
-                 shard_bytes: int = DEFAULT_SHARD_BYTES, workers: int = 4,
+                 shard_bytes: int = DEFAULT_SHARD_BYTES, workers: Optional[int] = None,
                  progress: bool = False) -> Summary:
     """Convert one input file of format `fmt` into shards + manifest + rejects under `out_dir`.
     Options are checked before any work; images resolve under `images_root` (default: the
@@ -29,7 +29,7 @@ def convert_file(fmt: str, input_path: Union[str, Path], out_dir: Union[str, Pat
         raise FileNotFoundError(f"input {input_path} does not exist or is not a file")
     if shard_bytes <= 0:
         raise ValueError(f"shard size must be positive, got {shard_bytes}")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     inp = input_path.resolve()
     if inp.parent == Path(out_dir).resolve() and (inp.match(SHARD_GLOB) or inp.name in (MANIFEST, "rejects.jsonl")):

@@ -7,11 +7,14 @@ import hashlib
 import re
 import json
 import logging
+import os
 from collections import deque
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+import xxhash
 
 from nexus_gen.data.images import (DEFAULT_MAX_PIXELS, ImageError, ImagesRoot, canonical_image_bytes,
                                    image_to_bytes)
@@ -22,6 +25,7 @@ from nexus_gen.data.validate import sample_problems
 
 log = logging.getLogger(__name__)
 VERIFY_MODES = ("header", "full")
+IMAGE_HASH_KEY = "image_xxh3_128"
 
 
 class DraftError(ValueError):
@@ -151,7 +155,11 @@ class BuildOptions:
 
 
 def build_sample(draft: Draft, opts: BuildOptions) -> dict[str, Any]:
-    """Read, check and hash the draft's images, fill task/language, validate. Raises DraftError."""
+    """Read, check and hash the draft's images, fill task/language, validate. Raises DraftError.
+
+    Each image's content hash (xxh3-128, the fingerprint `datasets` uses too) goes to
+    `meta.image_xxh3_128`: an identity for dedup and joins at 20 GB/s. Integrity is the
+    manifest's job: its sha256 of each shard covers every image byte."""
     if isinstance(draft.id, int) and not isinstance(draft.id, bool):
         draft.id = str(draft.id)
     images = []
@@ -169,7 +177,7 @@ def build_sample(draft: Draft, opts: BuildOptions) -> dict[str, Any]:
         except Exception as e:  # odd files make PIL raise anything; a bad image must not stop the run
             raise DraftError(f"image {name!r} could not be read ({type(e).__name__}: {e})") from None
         images.append({"bytes": data, "path": path})
-        hashes.append(hashlib.sha256(data).hexdigest())
+        hashes.append(xxhash.xxh3_128_hexdigest(data))
     messages = draft.messages
     sample = {
         "id": draft.id,
@@ -178,7 +186,7 @@ def build_sample(draft: Draft, opts: BuildOptions) -> dict[str, Any]:
         "language": draft.language,
         "messages": messages,
         "images": images,
-        "meta": {**draft.meta, "image_sha256": hashes,
+        "meta": {**draft.meta, IMAGE_HASH_KEY: hashes,
                  "input": {"file": draft.location.file, "line": draft.location.line}},
     }
     if isinstance(messages, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str)
@@ -195,6 +203,26 @@ def build_sample(draft: Draft, opts: BuildOptions) -> dict[str, Any]:
     except (TypeError, ValueError) as e:
         raise DraftError(f"meta: a value cannot be stored as JSON ({e})") from None
     return sample
+
+
+class InlineExecutor(Executor):
+    """Runs each task at once, in the calling thread."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as e:
+            fut.set_exception(e)
+        return fut
+
+
+def default_workers(verify: str) -> int:
+    """Image workers when none are asked for. `full` decodes pixels (native code that releases
+    the GIL): one thread per core. Header checks of local files are short Python steps between
+    syscalls: extra threads only contend for the GIL, so they run in the caller's thread while
+    the shard writer's threads write and hash (measured fastest, bench/shards.py)."""
+    return max(2, os.cpu_count() or 1) if verify == "full" else 1
 
 
 def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], pool: Executor, ahead: int,
@@ -243,13 +271,17 @@ def _reason_kind(reason: str) -> str:
 
 
 def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: BuildOptions,
-                   shard_bytes: int = DEFAULT_SHARD_BYTES, workers: int = 4,
+                   shard_bytes: int = DEFAULT_SHARD_BYTES, workers: Optional[int] = None,
                    manifest_extra: Optional[dict[str, Any]] = None,
                    progress: bool = False) -> Summary:
     """Stream drafts into shards under `out_dir`; rejects go to `out_dir/rejects.jsonl`.
 
-    Image reading and checking run in `workers` threads, bounded ahead of the writer; writing,
-    id de-duplication and counting happen in order, so output bytes are deterministic."""
+    Image reading and checking run in `workers` threads (1: in this thread; None: see
+    `default_workers`), bounded ahead of the writer; writing, id de-duplication and counting
+    happen in order, so output bytes are deterministic."""
+    workers = default_workers(opts.verify) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = Summary()
@@ -272,9 +304,9 @@ def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: Build
         from tqdm import tqdm
 
         bar = tqdm(unit="sample", desc="convert")
+    pool = InlineExecutor() if workers == 1 else ThreadPoolExecutor(workers, thread_name_prefix="convert")
     with ShardWriter(out_dir, shard_bytes=shard_bytes, extra_manifest=manifest_extra) as writer, \
-            open(tmp_rejects, "w", encoding="utf-8") as rej, \
-            ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="convert") as pool:
+            open(tmp_rejects, "w", encoding="utf-8") as rej, pool:
 
         for res in ordered_map(work, items, pool, ahead=max(4, 2 * workers), chunk=8):
             summary.input += 1
