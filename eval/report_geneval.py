@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from eval.geneval.detections_file import read_jsonl
 from eval.report import Report, Section, Table, bar_chart, figure_png, read_run_config
 
 TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -31,10 +32,11 @@ def _read_json(path: Path) -> Any:
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
-    """Rows of an official `results.jsonl` (missing file -> empty list)."""
+    """Rows of an official `results.jsonl` (missing file -> empty list; a bad line raises
+    ValueError naming `path:line`)."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for _, row in read_jsonl(path)]
 
 
 def per_tag_counts(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[int, int]]:
@@ -64,8 +66,11 @@ def _comparable(config: dict[str, Any]) -> list[str]:
             and ps["n_used"] < ps["n_total"]:
         why.append(f"only {ps['n_used']} of {ps['n_total']} prompts were used (--limit)")
     det = config.get("detector", {}).get("name")
-    if config.get("benchmark") == "geneval" and det not in ("paper", "default", None):
-        why.append(f"detector `{det}` is not the official Mask2Former Swin-S COCO")
+    if config.get("benchmark") == "geneval" and det is not None:
+        from eval.geneval.detect import PAPER_NAMES  # torch: only for GenEval (not scenes) runs
+
+        if det not in PAPER_NAMES:
+            why.append(f"detector `{det}` is not the official Mask2Former Swin-S COCO")
     return why
 
 

@@ -23,6 +23,9 @@ from nexus_gen.scoring.detection import Detection
 log = logging.getLogger(__name__)
 
 PAPER_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
+# The names of the official detector, which also run it at the official test scale (a hub id
+# given as is runs at its processor's own scale: not the official protocol).
+PAPER_NAMES = ("paper", "default")
 # The official (mmdet) test scale: keep-ratio resize to short side 800, long side at most 1333.
 OFFICIAL_TEST_SIZE = {"shortest_edge": 800, "longest_edge": 1333}
 TINY_NAME = "geneval-mask2former-tiny"
@@ -54,13 +57,14 @@ def _build_tiny(target: Path) -> None:
     Mask2FormerImageProcessor(size={"shortest_edge": 128, "longest_edge": 256}).save_pretrained(target)
 
 
-def resolve_detector(name: str) -> str:
-    """`paper` (or `default`) -> the hub id; `tiny` -> the locally built random model's folder;
+def resolve_detector(name: str, build: bool = True) -> Optional[str]:
+    """`paper` (or `default`) -> the hub id; `tiny` -> the locally built random model's folder
+    (built on first use; with `build=False` None, for checks that must not build it);
     anything else is passed to `from_pretrained` as is (a hub id or a local folder)."""
-    if name in ("paper", "default"):
+    if name in PAPER_NAMES:
         return PAPER_DETECTOR
     if name == "tiny":
-        return str(build_once(TINY_NAME, _build_tiny))
+        return str(build_once(TINY_NAME, _build_tiny)) if build else None
     return name
 
 
@@ -95,7 +99,7 @@ class Mask2FormerDetector:
         self.model_id = source if name != "tiny" else f"tiny:{TINY_NAME}"
         self.max_per_image = max_per_image
         self.size = size if size is not None else (
-            OFFICIAL_TEST_SIZE if name in ("paper", "default") else None)
+            OFFICIAL_TEST_SIZE if name in PAPER_NAMES else None)
         self.labels = self._label_names()
 
     def _label_names(self) -> list[str]:

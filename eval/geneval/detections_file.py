@@ -1,7 +1,9 @@
 """The re-scoring file: one JSON line per image,
 `{"filename": ..., "metadata": {<prompt line>}, "detections": {"<class>": [{"box", "score",
 "color"?}]}}`. Reading names the file and line of any bad record; a run killed mid-write leaves
-at most one unterminated last line, which resume drops and redoes."""
+at most one unterminated last line, which resume drops and redoes.
+
+`read_jsonl` is how every GenEval jsonl file (prompts, detections, results) is read."""
 from __future__ import annotations
 
 import json
@@ -13,6 +15,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from eval.geneval.rules import COLORS, validate_metadata
+# The project's jsonl reader itself: GenEval files are jsonl whatever their name, while
+# `read_records` picks a format (json, csv, ...) by the file's suffix.
+from nexus_gen.data.records import _jsonl as jsonl_records
 from nexus_gen.scoring.detection import Detection, Detections
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,16 @@ class ImageRecord:
             "metadata": self.metadata,
             "detections": {cls: [d.to_json() for d in dets] for cls, dets in self.detections.items()},
         }
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(`path:line`, object) for each line of a jsonl file, lazily: blank lines are skipped and a
+    UTF-8 BOM may open the file; a line that is not valid UTF-8 or not one JSON object raises
+    ValueError naming `path:line`. The caller checks that the file exists (its own message)."""
+    for rec in jsonl_records(Path(path), str(path)):
+        if rec.error is not None:
+            raise ValueError(f"{rec.location}: not valid JSON Lines ({rec.error})")
+        yield str(rec.location), rec.data
 
 
 def record_line(record: ImageRecord) -> str:
@@ -88,16 +103,8 @@ def read_records(path: Path) -> Iterator[ImageRecord]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"detections file {path} does not exist")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from e
-            yield parse_record(obj, where)
+    for where, obj in read_jsonl(path):
+        yield parse_record(obj, where)
 
 
 def drop_unterminated_tail(path: Path) -> None:
