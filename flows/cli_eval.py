@@ -1,11 +1,12 @@
 """`nexus-gen eval ...` and `nexus-gen report`: benchmarks and reports.
 
-Options are checked before any work (and before Prefect starts); the flows run in-process. The
-last line a benchmark or re-scoring command prints is its summary as JSON."""
+Options are checked once, before any work (and before Prefect starts); the flows run in-process.
+The last line a benchmark or re-scoring command prints is its summary as JSON."""
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,55 +27,59 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(code=2)
 
 
-def _options(threshold: float, counting_threshold: float, max_objects: int, nms_threshold: float,
-             position_threshold: float) -> dict[str, Any]:
-    return {"threshold": threshold, "counting_threshold": counting_threshold,
-            "max_objects": max_objects, "nms_threshold": nms_threshold,
-            "position_threshold": position_threshold}
+def _split_options(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A command's arguments, split into the scoring options (ScoringOptions' fields) and the rest."""
+    names = {f.name for f in fields(ScoringOptions)}
+    return ({k: v for k, v in params.items() if k in names},
+            {k: v for k, v in params.items() if k not in names})
 
 
-# Scoring options with the official defaults, taken from the one place that holds them.
+# Options shared by the commands, each declared once. Scoring options take the official defaults
+# from the one place that holds them.
 _DEFAULTS = ScoringOptions()
 _THRESHOLD = typer.Option(_DEFAULTS.threshold, help="keep detections scoring above this")
 _COUNTING = typer.Option(_DEFAULTS.counting_threshold, help="the threshold for counting prompts")
 _MAX_OBJECTS = typer.Option(_DEFAULTS.max_objects, help="at most this many detections per class")
 _NMS = typer.Option(_DEFAULTS.nms_threshold, help="per-class NMS IoU threshold (1.0 = off, the official default)")
 _POSITION = typer.Option(_DEFAULTS.position_threshold, help="the relative-position margin")
+_GENERATOR = typer.Option(..., help=_GEN_HELP)
+_OUT = typer.Option(..., help="run directory (resumable: existing images are kept)")
+_LIMIT = typer.Option(None, help="a tag-balanced subset of this many prompts")
+_N_IMAGES = typer.Option(4, help="images per prompt")
+_SEED = typer.Option(0, help="base seed; each image's seed derives from it")
+_BATCH_SIZE = typer.Option(1, help="images per generator call (1 = byte-exact resume)")
+_DEVICE = typer.Option("cpu")
+_DTYPE = typer.Option("float32")
+_STEPS = typer.Option(None, help="inference steps (diffusers)")
+_GUIDANCE = typer.Option(None, help="guidance scale (diffusers)")
+_SIZE = typer.Option(None, help="image size in pixels")
 
 
-def _run_benchmark(benchmark: str, **params: Any) -> None:
-    """Check the config, then run the benchmark's flow in-process and print the summary JSON."""
+def _run_benchmark(benchmark: str, params: dict[str, Any]) -> None:
+    """Check the config here, once (a bad one fails before Prefect starts), then run the checked
+    plan as the benchmark's flow in-process and print the summary JSON. `params`: the command's
+    own arguments, by name."""
     from eval.geneval.run import GenEvalConfig, check
 
-    options = params.pop("options")
+    options, rest = _split_options(params)
     try:
-        check(GenEvalConfig(benchmark=benchmark, options=ScoringOptions.from_mapping(options),
-                            **params))
+        plan = check(GenEvalConfig.from_params(benchmark, options=options, **rest))
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
-    from flows.evaluate import geneval_flow, geneval_scenes_flow
+    from flows.evaluate import run_checked
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
-    flow = geneval_flow if benchmark == "geneval" else geneval_scenes_flow
-    params["out"] = str(params["out"])
-    params["prompts"] = str(params["prompts"]) if params.get("prompts") else None
-    summary = flow(options=options, **params)
-    typer.echo(f"report: {Path(params['out']) / 'report.html'}")
+    summary = run_checked(plan)
+    typer.echo(f"report: {plan.out / 'report.html'}")
     typer.echo(json.dumps(summary, sort_keys=False))
 
 
 @app.command("geneval")
 def geneval(
-    generator: str = typer.Option(..., help=_GEN_HELP),
-    out: Path = typer.Option(..., help="run directory (resumable: existing images are kept)"),
-    limit: Optional[int] = typer.Option(None, help="a tag-balanced subset of this many prompts"),
-    n_images: int = typer.Option(4, help="images per prompt"),
-    seed: int = typer.Option(0, help="base seed; each image's seed derives from it"),
-    batch_size: int = typer.Option(1, help="images per generator call (1 = byte-exact resume)"),
-    device: str = typer.Option("cpu"), dtype: str = typer.Option("float32"),
-    steps: Optional[int] = typer.Option(None, help="inference steps (diffusers)"),
-    guidance: Optional[float] = typer.Option(None, help="guidance scale (diffusers)"),
-    size: Optional[int] = typer.Option(None, help="image size in pixels"),
+    generator: str = _GENERATOR, out: Path = _OUT, limit: Optional[int] = _LIMIT,
+    n_images: int = _N_IMAGES, seed: int = _SEED, batch_size: int = _BATCH_SIZE,
+    device: str = _DEVICE, dtype: str = _DTYPE, steps: Optional[int] = _STEPS,
+    guidance: Optional[float] = _GUIDANCE, size: Optional[int] = _SIZE,
     detector: str = typer.Option("paper", help="`paper` (Mask2Former Swin-S COCO), `tiny`, hub id, folder"),
     clip: str = typer.Option("paper", help="colour classifier CLIP (`paper` = ViT-L-14 openai)"),
     prompts: Optional[Path] = typer.Option(None, help="a prompt file instead of the official one"),
@@ -83,36 +88,22 @@ def geneval(
     position_threshold: float = _POSITION,
 ) -> None:
     """GenEval: generate, detect, score and report as one flow."""
-    _run_benchmark("geneval", generator=generator, out=out, limit=limit, n_images=n_images,
-                   seed=seed, batch_size=batch_size, device=device, dtype=dtype, steps=steps,
-                   guidance=guidance, size=size, detector=detector, clip=clip, prompts=prompts,
-                   options=_options(threshold, counting_threshold, max_objects, nms_threshold,
-                                    position_threshold))
+    _run_benchmark("geneval", locals())
 
 
 @app.command("geneval-scenes")
 def geneval_scenes(
-    generator: str = typer.Option(..., help=_GEN_HELP),
-    out: Path = typer.Option(..., help="run directory (resumable: existing images are kept)"),
-    limit: Optional[int] = typer.Option(None, help="a tag-balanced subset of this many prompts"),
-    n_images: int = typer.Option(4, help="images per prompt"),
-    seed: int = typer.Option(0, help="base seed; each image's seed derives from it"),
-    batch_size: int = typer.Option(1, help="images per generator call (1 = byte-exact resume)"),
-    device: str = typer.Option("cpu"), dtype: str = typer.Option("float32"),
-    steps: Optional[int] = typer.Option(None, help="inference steps (diffusers)"),
-    guidance: Optional[float] = typer.Option(None, help="guidance scale (diffusers)"),
-    size: Optional[int] = typer.Option(None, help="image size in pixels"),
+    generator: str = _GENERATOR, out: Path = _OUT, limit: Optional[int] = _LIMIT,
+    n_images: int = _N_IMAGES, seed: int = _SEED, batch_size: int = _BATCH_SIZE,
+    device: str = _DEVICE, dtype: str = _DTYPE, steps: Optional[int] = _STEPS,
+    guidance: Optional[float] = _GUIDANCE, size: Optional[int] = _SIZE,
     prompts: Optional[Path] = typer.Option(None, help="a prompt file instead of the scenes set"),
     threshold: float = _THRESHOLD, counting_threshold: float = _COUNTING,
     max_objects: int = _MAX_OBJECTS, nms_threshold: float = _NMS,
     position_threshold: float = _POSITION,
 ) -> None:
     """GenEval-scenes, offline: scenes prompts, the pixel detector, the same scorer and report."""
-    _run_benchmark("geneval-scenes", generator=generator, out=out, limit=limit, n_images=n_images,
-                   seed=seed, batch_size=batch_size, device=device, dtype=dtype, steps=steps,
-                   guidance=guidance, size=size, prompts=prompts,
-                   options=_options(threshold, counting_threshold, max_objects, nms_threshold,
-                                    position_threshold))
+    _run_benchmark("geneval-scenes", locals())
 
 
 @app.command("geneval-score")
@@ -126,11 +117,11 @@ def geneval_score(
     device: str = typer.Option("cpu"),
 ) -> None:
     """Re-score a detections file with other options, without a detector; prints the summary."""
+    given, _ = _split_options(locals())  # first, while locals() are the arguments only
     from eval.geneval.score import rescore_file
 
     try:
-        options = ScoringOptions.from_mapping(_options(threshold, counting_threshold, max_objects,
-                                                       nms_threshold, position_threshold))
+        options = ScoringOptions.from_mapping(given)
         if not detections.is_file():
             raise FileNotFoundError(f"detections file {detections} does not exist")
         summary = rescore_file(detections, out, options, clip=clip, device=device)

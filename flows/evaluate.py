@@ -1,18 +1,21 @@
-"""Prefect flows for the generation benchmarks: GenEval and GenEval-scenes as generate -> detect
-and score -> report tasks over the plain steps of `eval.geneval.run`, with the report posted as
-Prefect artifacts. Thin on purpose: all logic lives in `eval/`."""
+"""Prefect flows for the generation benchmarks: GenEval and GenEval-scenes as prepare -> generate ->
+detect and score -> report tasks over the plain steps of `eval.geneval.run`, with the report posted
+as Prefect artifacts. Thin on purpose: all logic lives in `eval/`.
+
+The two benchmark flows share one parameter list; `run_checked` runs a plan the caller has already
+checked (the command line checks before Prefect starts, and the config is checked once)."""
 from __future__ import annotations
 
 import logging
 import re
 from typing import Any, Optional
 
-from prefect import flow, task
+from prefect import Flow, flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from eval.geneval.rules import ScoringOptions
-from eval.geneval.run import GenEvalConfig, Plan, generate_step, prepare, report_step, score_step
+from eval.geneval.run import (SCENES_DETECTOR, GenEvalConfig, Plan, check, generate_step, prepare,
+                              report_step, score_step)
 from eval.report import Report, render_markdown
 
 log = logging.getLogger(__name__)
@@ -36,9 +39,9 @@ def post_report_artifacts(report: Report, key_prefix: str) -> None:
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare_task(config: GenEvalConfig) -> Plan:
-    """Check the config and write config.json (fails the flow before any work on bad input)."""
-    return prepare(config)
+def prepare_task(plan: Plan) -> Plan:
+    """Create the run directory and write config.json (the plan is checked already)."""
+    return prepare(plan)
 
 
 @task(name="generate", cache_policy=NO_CACHE)
@@ -62,9 +65,9 @@ def report_task(plan: Plan) -> str:
     return str(html)
 
 
-def _run(config: GenEvalConfig) -> dict[str, Any]:
-    """The task sequence both GenEval flows share."""
-    plan = prepare_task(config)
+def _run(plan: Plan) -> dict[str, Any]:
+    """The task sequence every GenEval flow runs, on a checked plan."""
+    plan = prepare_task(plan)
     counts = generate_task(plan)
     log.info("images: %d generated, %d kept", counts["generated"], counts["kept"])
     summary = score_task(plan)
@@ -72,35 +75,43 @@ def _run(config: GenEvalConfig) -> dict[str, Any]:
     return summary
 
 
-def _config(benchmark: str, generator: str, out: str, limit: Optional[int], n_images: int, seed: int,
-            options: Optional[dict[str, Any]], **kw: Any) -> GenEvalConfig:
-    return GenEvalConfig(generator=generator, out=out, benchmark=benchmark, limit=limit,
-                         n_images=n_images, seed=seed,
-                         options=ScoringOptions.from_mapping(options or {}), **kw)
+def _benchmark_flow(benchmark: str, default_detector: str, description: str) -> Flow:
+    """The flow of one GenEval benchmark; both benchmarks share this parameter list, which is
+    GenEvalConfig's (`options`: official scoring option names, values maybe strings). A bad
+    config fails in `check`, before any work."""
+
+    @flow(name=benchmark, description=description, log_prints=False)
+    def geneval_benchmark(generator: str, out: str, limit: Optional[int] = None, n_images: int = 4,
+                          seed: int = 0, batch_size: int = 1, device: str = "cpu",
+                          dtype: str = "float32", steps: Optional[int] = None,
+                          guidance: Optional[float] = None, size: Optional[int] = None,
+                          detector: str = default_detector, clip: str = "paper",
+                          prompts: Optional[str] = None,
+                          options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        return _run(check(GenEvalConfig.from_params(
+            benchmark, generator=generator, out=out, limit=limit, n_images=n_images, seed=seed,
+            batch_size=batch_size, device=device, dtype=dtype, steps=steps, guidance=guidance,
+            size=size, detector=detector, clip=clip, prompts=prompts, options=options)))
+
+    return geneval_benchmark
 
 
-@flow(name="geneval", log_prints=False)
-def geneval_flow(generator: str, out: str, limit: Optional[int] = None, n_images: int = 4,
-                 seed: int = 0, batch_size: int = 1, device: str = "cpu", dtype: str = "float32",
-                 steps: Optional[int] = None, guidance: Optional[float] = None,
-                 size: Optional[int] = None, detector: str = "paper", clip: str = "paper",
-                 prompts: Optional[str] = None,
-                 options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """GenEval on the official prompts: generate, detect (Mask2Former), score, report."""
-    return _run(_config("geneval", generator, out, limit, n_images, seed, options,
-                        batch_size=batch_size, device=device, dtype=dtype, steps=steps,
-                        guidance=guidance, size=size, detector=detector, clip=clip, prompts=prompts))
+geneval_flow = _benchmark_flow(
+    "geneval", "paper", "GenEval on the official prompts: generate, detect (Mask2Former), score, report.")
+geneval_scenes_flow = _benchmark_flow(
+    "geneval-scenes", SCENES_DETECTOR,
+    "GenEval-scenes, fully offline: scenes prompts, any generator (`ground-truth`, `noise`, `tiny`, "
+    "a diffusers pipeline), the pixel detector (the only `detector`; `clip` is unused), the same "
+    "scorer and report.")
 
 
-@flow(name="geneval-scenes", log_prints=False)
-def geneval_scenes_flow(generator: str, out: str, limit: Optional[int] = None, n_images: int = 4,
-                        seed: int = 0, batch_size: int = 1, device: str = "cpu",
-                        dtype: str = "float32", steps: Optional[int] = None,
-                        guidance: Optional[float] = None, size: Optional[int] = None,
-                        prompts: Optional[str] = None,
-                        options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """GenEval-scenes, fully offline: scenes prompts, any generator (`ground-truth`, `noise`,
-    `tiny`, a diffusers pipeline), the pixel detector, the same scorer and report."""
-    return _run(_config("geneval-scenes", generator, out, limit, n_images, seed, options,
-                        batch_size=batch_size, device=device, dtype=dtype, steps=steps,
-                        guidance=guidance, size=size, prompts=prompts))
+@flow(log_prints=False)
+def checked_flow(plan: Plan) -> dict[str, Any]:
+    """A GenEval run of a plan `check` has passed already."""
+    return _run(plan)
+
+
+def run_checked(plan: Plan) -> dict[str, Any]:
+    """Run a checked plan in-process as its benchmark's flow (same flow name, artifacts and
+    history as `geneval_flow` / `geneval_scenes_flow`); returns the summary."""
+    return checked_flow.with_options(name=plan.config.benchmark)(plan)

@@ -1,23 +1,26 @@
-"""One GenEval run as plain functions: check the config (before any work), generate, detect and
-score, report. The Prefect flow wraps these same steps as tasks; tests call them directly.
+"""One GenEval run as plain functions: check the config (before any work, once), prepare the run
+directory, generate, detect and score, report. The Prefect flow wraps these same steps as tasks;
+tests call them directly. `check` reads and hashes the prompt file; the Plan it returns carries
+both, so no later step opens the file again.
 
 A run directory holds the images in the official layout, `config.json` (generator, prompt set,
 seeds, options, versions), `generation.json`, `detections.jsonl`, `results.jsonl`,
 `summary.json`, `report.md` and `report.html`."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
-from eval.geneval.generate import (SCENES_ONLY, GeneratorSpec, LazyGenerator,
+from eval.geneval.generate import (GENERATION_FILE, SCENES_ONLY, GeneratorSpec, LazyGenerator,
                                    check_generator_name, generate_images)
+from eval.geneval.detections_file import read_jsonl
 from eval.geneval.rules import ScoringOptions, validate_metadata
 from nexus_gen.data.shards import write_json_atomic
+from nexus_gen.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,13 @@ class GenEvalConfig:
     clip: str = "paper"  # colour classifier for geneval (see eval.geneval.color)
     options: ScoringOptions = field(default_factory=ScoringOptions)
 
+    @classmethod
+    def from_params(cls, benchmark: str, options: Optional[Mapping[str, Any]] = None,
+                    **params: Any) -> "GenEvalConfig":
+        """A config from plain parameters (a flow's or a command's): `options` as a dict of
+        official scoring option names, values maybe strings; the rest are this class's fields."""
+        return cls(benchmark=benchmark, options=ScoringOptions.from_mapping(options or {}), **params)
+
     def generator_spec(self) -> GeneratorSpec:
         return GeneratorSpec(self.generator, device=self.device, dtype=self.dtype, steps=self.steps,
                              guidance=self.guidance, size=self.size)
@@ -60,7 +70,8 @@ class GenEvalConfig:
 
 @dataclass
 class Plan:
-    """A checked config with its resolved prompt set: what the steps run on."""
+    """A checked config with its resolved prompt set: what the steps run on (so no step reads
+    the prompt file again)."""
 
     config: GenEvalConfig
     out: Path
@@ -69,6 +80,7 @@ class Plan:
     prompts: list[tuple[int, dict[str, Any]]]
     n_total: int
     detector: str
+    prompt_sha256: str
 
 
 def read_prompts(path: Path) -> list[dict[str, Any]]:
@@ -77,14 +89,11 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for where, rec in read_jsonl(path):
         try:
-            rec = json.loads(line)
             validate_metadata(rec)
-        except (json.JSONDecodeError, ValueError) as e:
-            raise ValueError(f"{path}:{lineno}: not a GenEval prompt record: {e}") from e
+        except ValueError as e:
+            raise ValueError(f"{where}: not a GenEval prompt record: {e}") from e
         out.append(rec)
     if not out:
         raise ValueError(f"prompt file {path} has no prompts")
@@ -124,8 +133,9 @@ def _check_hub_source(name: str, what: str, probe: str) -> None:
 
 
 def check(config: GenEvalConfig) -> Plan:
-    """Check every option and input without touching the disk; return the plan.
-    Raises ValueError/FileNotFoundError with a message naming the bad input and the problem."""
+    """Check every option and input without writing anything; return the plan (with the prompts
+    read and hashed, once). Raises ValueError/FileNotFoundError with a message naming the bad
+    input and the problem."""
     c = config
     if c.benchmark not in BENCHMARK_PROMPT_SET:
         raise ValueError(f"unknown benchmark {c.benchmark!r}; use one of {sorted(BENCHMARK_PROMPT_SET)}")
@@ -163,12 +173,11 @@ def check(config: GenEvalConfig) -> Plan:
         if detector == SCENES_DETECTOR:
             raise ValueError(f"detector {SCENES_DETECTOR!r} knows only the scenes shapes: use "
                              f"`nexus-gen eval geneval-scenes`")
-        if detector not in ("paper", "default", "tiny"):
-            _check_hub_source(detector, "detector", "config.json")
-        elif detector in ("paper", "default"):
-            from eval.geneval.detect import PAPER_DETECTOR
+        from eval.geneval.detect import resolve_detector
 
-            _check_hub_source(PAPER_DETECTOR, "detector", "config.json")
+        source = resolve_detector(detector, build=False)
+        if source is not None:  # None: `tiny`, built locally on first use
+            _check_hub_source(source, "detector", "config.json")
         if c.clip != "tiny":  # `tiny` is built on first use; any other spec must parse now
             from nexus_gen.scoring.clip import resolve_clip_spec
 
@@ -186,16 +195,16 @@ def check(config: GenEvalConfig) -> Plan:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
     return Plan(config=c, out=out, prompt_file=prompt_file, prompt_set=prompt_set, prompts=prompts,
-                n_total=len(records), detector=detector)
+                n_total=len(records), detector=detector, prompt_sha256=file_sha256(prompt_file))
 
 
-def prepare(config: GenEvalConfig) -> Plan:
-    """`check` the config (before any work), then create the run directory and write `config.json`."""
-    plan = check(config)
+def prepare(plan: Plan) -> Plan:
+    """Create the checked plan's run directory and write `config.json` (the first work done)."""
     plan.out.mkdir(parents=True, exist_ok=True)
     write_config(plan)
     log.info("GenEval run %s: %s on %d of %d prompts (%s), %d images each", plan.out,
-             config.generator, len(plan.prompts), plan.n_total, plan.prompt_set, config.n_images)
+             plan.config.generator, len(plan.prompts), plan.n_total, plan.prompt_set,
+             plan.config.n_images)
     return plan
 
 
@@ -223,12 +232,11 @@ def _display_path(path: Path) -> str:
 def config_record(plan: Plan) -> dict[str, Any]:
     """The run's `config.json` content (no timestamps: the same run gives the same bytes)."""
     c = plan.config
-    data = plan.prompt_file.read_bytes()
     return {
         "benchmark": c.benchmark,
         "generator": c.generator_spec().to_json(),
         "prompt_set": {"name": plan.prompt_set, "file": _display_path(plan.prompt_file),
-                       "sha256": hashlib.sha256(data).hexdigest(), "n_total": plan.n_total,
+                       "sha256": plan.prompt_sha256, "n_total": plan.n_total,
                        "n_used": len(plan.prompts), "limit": c.limit, "rewriting": False,
                        "indices": [i for i, _ in plan.prompts] if c.limit is not None else "all"},
         "n_images": c.n_images,
@@ -267,7 +275,7 @@ def generate_step(plan: Plan) -> dict[str, int]:
     generator = LazyGenerator(c.generator_spec())
     res = generate_images(generator, plan.prompts, plan.out, n_images=c.n_images, base_seed=c.seed,
                           batch_size=c.batch_size, settings=c.generator_spec().to_json())
-    gen = json.loads((plan.out / "generation.json").read_text(encoding="utf-8"))
+    gen = json.loads((plan.out / GENERATION_FILE).read_text(encoding="utf-8"))
     write_config(plan, generation=gen)
     return {"generated": res.generated, "kept": res.kept}
 
@@ -310,8 +318,9 @@ def report_step(plan: Plan):
 
 
 def run_geneval(config: GenEvalConfig) -> dict[str, Any]:
-    """The whole benchmark without Prefect: prepare, generate, score, report; returns the summary."""
-    plan = prepare(config)
+    """The whole benchmark without Prefect: check, prepare, generate, score, report; returns the
+    summary."""
+    plan = prepare(check(config))
     generate_step(plan)
     summary = score_step(plan)
     report_step(plan)
