@@ -71,7 +71,21 @@ def _comparable(config: dict[str, Any]) -> list[str]:
 
         if det not in PAPER_NAMES:
             why.append(f"detector `{det}` is not the official Mask2Former Swin-S COCO")
+    clip = config.get("classifier", {}).get("name")
+    if config.get("benchmark") == "geneval" and clip is not None and not _official_clip(clip):
+        why.append(f"colour classifier `{clip}` is not the official CLIP ViT-L/14 (OpenAI weights)")
     return why
+
+
+def _official_clip(spec: str) -> bool:
+    """True for the spellings of GenEval's colour classifier: the `paper` profile or ViT-L-14 with
+    the OpenAI weights (which always run with QuickGELU, named so or not)."""
+    from nexus_gen.scoring.clip import PROFILES
+
+    if spec in PROFILES:
+        spec = ":".join(PROFILES[spec])
+    model, _, weights = spec.partition(":")
+    return model.removesuffix("-quickgelu") == "ViT-L-14" and weights == "openai"
 
 
 def _sample_image(run_dir: Path, filename: str):

@@ -212,3 +212,16 @@ def test_both_benchmarks_share_one_parameter_list():
     assert list(flow_params[0]) == list(flow_params[1])
     assert flow_params[0]["detector"]["default"] == "paper"
     assert flow_params[1]["detector"]["default"] == "scenes-pixel"
+
+
+def test_report_compares_only_the_official_colour_classifier():
+    base = {"benchmark": "geneval", "prompt_set": {"name": "geneval", "n_used": 553, "n_total": 553},
+            "detector": {"name": "paper"}}
+    for clip in ("paper", "ViT-L-14:openai", "ViT-L-14-quickgelu:openai"):
+        assert _comparable({**base, "classifier": {"name": clip}}) == [], clip
+    for clip in ("tiny", "small", "ViT-B-32:openai", "ViT-L-14:laion2b_s32b_b82k", "ViT-L-14:random"):
+        why = _comparable({**base, "classifier": {"name": clip}})
+        assert len(why) == 1 and "colour classifier" in why[0], clip
+    # scenes runs classify colours with the detector: no CLIP to compare
+    assert all("colour" not in w for w in _comparable({**base, "benchmark": "geneval-scenes",
+                                                        "classifier": {"name": "tiny"}}))

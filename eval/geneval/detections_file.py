@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from eval.geneval.rules import COLORS, validate_metadata
-# The project's jsonl reader itself: GenEval files are jsonl whatever their name, while
-# `read_records` picks a format (json, csv, ...) by the file's suffix.
-from nexus_gen.data.records import _jsonl as jsonl_records
+from nexus_gen.data.records import read_jsonl_records
 from nexus_gen.scoring.detection import Detection, Detections
 
 log = logging.getLogger(__name__)
@@ -43,7 +41,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(`path:line`, object) for each line of a jsonl file, lazily: blank lines are skipped and a
     UTF-8 BOM may open the file; a line that is not valid UTF-8 or not one JSON object raises
     ValueError naming `path:line`. The caller checks that the file exists (its own message)."""
-    for rec in jsonl_records(Path(path), str(path)):
+    for rec in read_jsonl_records(path, str(path)):
         if rec.error is not None:
             raise ValueError(f"{rec.location}: not valid JSON Lines ({rec.error})")
         yield str(rec.location), rec.data

@@ -31,6 +31,12 @@ class Record:
     error: Optional[str] = None
 
 
+def read_jsonl_records(path: Union[str, Path], name: Optional[str] = None) -> Iterator[Record]:
+    """Each line of a JSON Lines file as a Record, whatever the file's suffix (`read_records`
+    picks the format by suffix). Blank lines are skipped; a BOM may open the file."""
+    return _jsonl(Path(path), display_name(path) if name is None else name)
+
+
 def _jsonl(path: Path, name: str) -> Iterator[Record]:
     with open(path, "rb") as f:
         for i, raw in enumerate(f, start=1):
