@@ -99,9 +99,15 @@ def test_a_run_reads_the_prompt_file_and_generation_record_once(tmp_path, opened
     run_geneval(GenEvalConfig(generator="noise", out=out, benchmark="geneval-scenes", limit=6,
                               n_images=1, size=64, prompts=prompts))
     assert opened[prompts.resolve()] == 2  # parsed once and hashed once, both in `check`
-    assert opened[(out / "generation.json").resolve()] == 1  # read back once after generating
+    assert opened[(out / "generation.json").resolve()] == 0  # written, never read back
     assert json.loads((out / "config.json").read_text())["prompt_set"]["sha256"] == \
         hashlib.sha256(prompts.read_bytes()).hexdigest()
+    assert json.loads((out / "config.json").read_text())["generation"] == \
+        json.loads((out / "generation.json").read_text())
+    opened.clear()  # a resumed run reads the earlier record once (checked, seeds kept)
+    run_geneval(GenEvalConfig(generator="noise", out=out, benchmark="geneval-scenes", limit=6,
+                              n_images=1, size=64, prompts=prompts))
+    assert opened[(out / "generation.json").resolve()] == 1
 
 
 def _count_checks(monkeypatch) -> list:
@@ -225,3 +231,14 @@ def test_report_compares_only_the_official_colour_classifier():
     # scenes runs classify colours with the detector: no CLIP to compare
     assert all("colour" not in w for w in _comparable({**base, "benchmark": "geneval-scenes",
                                                         "classifier": {"name": "tiny"}}))
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "\udcff"])
+def test_a_damaged_generation_record_stops_resume_with_its_path(tmp_path, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "generation.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    cfg = GenEvalConfig(generator="noise", out=out, benchmark="geneval-scenes", limit=2, n_images=1, size=64)
+    with pytest.raises(ValueError, match=re.escape(str(out / "generation.json"))):
+        run_geneval(cfg)
+    assert not any(out.rglob("*.png"))  # nothing generated next to a record it cannot trust

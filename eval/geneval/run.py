@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from eval.geneval.generate import (GENERATION_FILE, SCENES_ONLY, GeneratorSpec, LazyGenerator,
+from eval.geneval.generate import (SCENES_ONLY, GeneratorSpec, LazyGenerator,
                                    check_generator_name, generate_images)
 from eval.geneval.detections_file import read_jsonl
 from eval.geneval.rules import ScoringOptions, validate_metadata
@@ -275,8 +275,7 @@ def generate_step(plan: Plan) -> dict[str, int]:
     generator = LazyGenerator(c.generator_spec())
     res = generate_images(generator, plan.prompts, plan.out, n_images=c.n_images, base_seed=c.seed,
                           batch_size=c.batch_size, settings=c.generator_spec().to_json())
-    gen = json.loads((plan.out / GENERATION_FILE).read_text(encoding="utf-8"))
-    write_config(plan, generation=gen)
+    write_config(plan, generation=res.record)
     return {"generated": res.generated, "kept": res.kept}
 
 
