@@ -1,7 +1,8 @@
 """Score many edit triplets (source, target, instruction, captions) with shared encodings.
 
 Every distinct image and text of a chunk is encoded once (and cached across chunks and calls);
-image decoding runs in workers while the text forward passes run. Columns per metric:
+each distinct image is read, hashed and decoded once for CLIP, DINO and the pixel metrics
+together, in workers, while the text forward passes run. Columns per metric:
   clip_t    -> clip_t (target image vs target caption), clip_t_source (source vs its caption)
   clipscore -> clipscore, clipscore_source ("A photo depicts " + caption, 2.5 * max(cos, 0))
   clip_i    -> clip_i (source vs target image)
@@ -24,10 +25,10 @@ import torch
 from nexus_gen.scoring import metrics as M
 from nexus_gen.scoring.clip import ClipEncoder
 from nexus_gen.scoring.dino import DinoEncoder
-from nexus_gen.scoring.image_encoder import ImageEmbeddings
-from nexus_gen.scoring.images import ImageInput, ImageLoadError
-from nexus_gen.scoring.pixels import pixel_scores
-from nexus_gen.scoring.prefetch import default_workers, worker_pool
+from nexus_gen.scoring.image_encoder import ImageEmbeddings, ImageJob
+from nexus_gen.scoring.images import ImageInput
+from nexus_gen.scoring.pixels import PixelPairs
+from nexus_gen.scoring.prefetch import default_workers
 
 log = logging.getLogger(__name__)
 
@@ -126,19 +127,17 @@ class EditScorer:
     # -- one chunk
     def _score_chunk(self, chunk: list[EditTriplet]) -> list[dict]:
         want = set(self.metrics)
-        n = len(chunk)
         uniq, idx = _dedupe([im for t in chunk for im in (t.source, t.target)])
         src_i, tgt_i = idx[0::2], idx[1::2]
-        pool = worker_pool(self.workers) if want & PIXEL_METRICS else None
-        pix_futs = [pool.submit(self._pixels, t) for t in chunk] if pool else []
-        clip_job = self.clip.start_images(uniq, self.batch_size, workers=self.workers) \
-            if want & CLIP_METRICS else None
-        dino_job = self.dino.start_images(uniq, self.batch_size, workers=self.workers) \
-            if "dino" in want else None
-
-        for job in (clip_job, dino_job):  # on CPU: decode with every core first, then texts
-            if job is not None:
-                job.wait_ready()
+        use_clip, use_dino = bool(want & CLIP_METRICS), "dino" in want
+        encoders = [self.clip] * use_clip + [self.dino] * use_dino
+        pixels = PixelPairs(uniq, edited=tgt_i, reference=src_i,
+                            masks=[t.mask for t in chunk] if "l1_masked" in want else None,
+                            which=tuple(m for m in ("l1", "l2") if m in want)) \
+            if want & PIXEL_METRICS else None
+        # one job: each distinct image is read, hashed and decoded once for every consumer
+        job = ImageJob(encoders, uniq, self.batch_size, self.workers, None, sink=pixels)
+        job.wait_ready()  # on CPU: decode with every core first, then texts
         texts: dict[str, torch.Tensor] = {}
         if want & {"clip_t", "clip_dir", "clipscore"}:
             caps = [c for t in chunk for c in (t.source_caption, t.target_caption) if c]
@@ -147,11 +146,10 @@ class EditScorer:
             caps = list(dict.fromkeys(caps))
             if caps:
                 texts = dict(zip(caps, self.clip.encode_texts(caps, batch_size=64)))
-        clip_res = clip_job.result() if clip_job else None
-        dino_res = dino_job.result() if dino_job else None
-        pix = [f.result() for f in pix_futs]
-        if pool:
-            pool.shutdown()
+        results = iter(job.results())
+        clip_res = next(results) if use_clip else None
+        dino_res = next(results) if use_dino else None
+        pix = pixels.results() if pixels else []
 
         rows = [{"id": t.id, **{c: None for c in self.columns}, "error": None} for t in chunk]
         for res, label in ((clip_res, "clip"), (dino_res, "dino")):
@@ -181,16 +179,6 @@ class EditScorer:
                 for c in self.columns:
                     row[c] = None
         return rows
-
-    def _pixels(self, t: EditTriplet):
-        which = tuple(m for m in ("l1", "l2") if m in self.metrics)
-        try:
-            return pixel_scores(t.target, t.source, t.mask if "l1_masked" in self.metrics else None,
-                                which=which)
-        except ImageLoadError as exc:
-            return f"pixels: {exc}"
-        except Exception as exc:
-            return f"pixels: {type(exc).__name__}: {exc}"
 
     @staticmethod
     def _put(rows: list[dict], col: str, values: np.ndarray, valid: Optional[np.ndarray] = None) -> None:

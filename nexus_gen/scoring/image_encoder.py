@@ -2,15 +2,17 @@
 
 Inputs are read and hashed (sha256) in worker threads, de-duplicated and looked up in the
 embedding cache; only distinct misses are decoded and preprocessed, in workers, ahead of the
-forward pass that runs batched on the caller thread under `torch.inference_mode`. A bad image
-yields a per-item error, never a crashed batch."""
+forward pass that runs batched on the caller thread under `torch.inference_mode`. One job can
+feed several encoders (and a `DecodedSink`, e.g. pixel metrics) at once: each distinct image is
+then read, hashed and decoded once for all of them. A bad image yields a per-item error, never a
+crashed batch."""
 from __future__ import annotations
 
 import logging
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Protocol, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -41,85 +43,124 @@ class ImageEmbeddings:
         return torch.tensor([e is None for e in self.errors], dtype=torch.bool)
 
 
+class DecodedSink(Protocol):
+    """Another consumer of a job's decoded images, beside its encoders (called from workers)."""
+
+    def start(self, keys: list[Optional[str]], read_errors: list[Optional[BaseException]]) -> None:
+        """Every item has been read: its sha256 key, or why it could not be read."""
+
+    def decoded(self, key: str, image: Optional[Image.Image], error: Optional[BaseException]) -> None:
+        """One distinct image: decoded RGB (after the encoders' PIL steps), or why it failed."""
+
+
 class _Failure:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
 
+def _message(exc: BaseException, name: str, what: str) -> str:
+    """Per-item error text: an `ImageLoadError` already names its input."""
+    if isinstance(exc, ImageLoadError):
+        return str(exc)
+    return f"{name}: cannot {what} image ({type(exc).__name__}: {exc})"
+
+
 class ImageJob:
-    """Encoding of a list of images that started in the background; `result()` finishes it.
+    """Encoding of a list of images by one or more encoders that started in the background;
+    `results()` (or `result()` for one encoder) finishes it.
 
     Reading, hashing, decoding and preprocessing begin at construction (in threads), so the
-    caller can run other forward passes (texts) while images are being prepared. Two schedules:
-    - overlap (default when the model runs on an accelerator): workers keep preparing up to
+    caller can run other forward passes (texts) while images are being prepared. Each distinct
+    image is decoded once and goes through every encoder that misses it in its cache (and to
+    `sink`, which receives every distinct image). Two schedules:
+    - overlap (default when the models run on an accelerator): workers keep preparing up to
       `prefetch` images ahead while the forward passes run;
     - windows (default on CPU, where the forward pass already keeps every core busy and decode
       threads competing with it stall its thread pool): the workers prepare a window of
       `prefetch` images with all cores, then the window is forwarded, then the next is prepared.
       The first window is still prepared while the caller does other work (text encoding)."""
 
-    def __init__(self, encoder: "ImageEncoderBase", items: list[ImageInput], batch_size: int,
-                 workers: Optional[int], prefetch: Optional[int], overlap: Optional[bool] = None) -> None:
+    def __init__(self, encoders: Sequence["ImageEncoderBase"], items: list[ImageInput],
+                 batch_size: int, workers: Optional[int], prefetch: Optional[int],
+                 overlap: Optional[bool] = None, sink: Optional[DecodedSink] = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self._enc = encoder
+        self._encs = list(encoders)
         self._items = items
+        self._sink = sink
         self._bs = batch_size
         self._workers = workers or default_workers()
-        self._overlap = encoder.device.type != "cpu" if overlap is None else overlap
+        if overlap is None:
+            overlap = bool(self._encs) and all(e.device.type != "cpu" for e in self._encs)
+        self._overlap = overlap
         self._window = prefetch or max(8 * batch_size, 64)
         self._q: queue.Queue = queue.Queue(maxsize=self._window if self._overlap else 0)
         self._go = threading.Semaphore(0)  # windows schedule: "the last window is forwarded"
         self._first_ready = threading.Event()
         self._keys: list[Optional[str]] = [None] * len(items)
-        self._item_errors: list[Optional[str]] = [None] * len(items)
-        self._found: dict[str, torch.Tensor] = {}
-        self._errors_by_key: dict[str, str] = {}
+        self._read_errors: list[Optional[BaseException]] = [None] * len(items)
+        self._found: list[dict[str, torch.Tensor]] = [{} for _ in self._encs]  # per encoder
+        self._errors_by_key: list[dict[str, str]] = [{} for _ in self._encs]
         self._thread = threading.Thread(target=self._drive, name="nexus-image-job", daemon=True)
         self._thread.start()
 
     # -- background: read + hash + dedupe + cache lookup, then decode + preprocess misses
     def _read(self, i: int):
-        item = self._items[i]
         try:
-            key, content = read_input(item)
+            key, content = read_input(self._items[i])
             return i, key, content, None
-        except ImageLoadError as exc:
-            return i, None, None, str(exc)
         except Exception as exc:  # never let one bad item crash the batch
-            return i, None, None, f"{describe(item)}: cannot read image ({type(exc).__name__}: {exc})"
+            return i, None, None, exc
 
-    def _prepare(self, job: tuple[str, object, str]):
-        key, content, name = job
+    def _prepare(self, job: tuple[str, object, str, tuple[bool, ...]]):
+        key, content, name, need = job
         try:
             img = to_rgb(content, name=name)  # type: ignore[arg-type]
-            return key, self._enc.pil_steps(img), None, name
-        except ImageLoadError as exc:
-            return key, None, str(exc), name
         except Exception as exc:
-            return key, None, f"{name}: cannot preprocess image ({type(exc).__name__}: {exc})", name
+            if self._sink is not None:
+                self._sink.decoded(key, None, exc)
+            err = _message(exc, name, "preprocess")
+            return key, [None] * len(need), [err if n else None for n in need], name
+        outs: list[object] = []
+        errs: list[Optional[str]] = []
+        for enc, n in zip(self._encs, need):
+            out = err = None
+            if n:
+                try:
+                    out = enc.pil_steps(img)
+                except Exception as exc:
+                    err = _message(exc, name, "preprocess")
+            outs.append(out)
+            errs.append(err)
+        if self._sink is not None:
+            self._sink.decoded(key, img, None)
+        return key, outs, errs, name
 
     def _drive(self) -> None:
         try:
-            cache, ckey = self._enc.cache, self._enc.cache_key
-            misses: list[tuple[str, object, str]] = []
+            todo: list[tuple[str, object, str, tuple[bool, ...]]] = []
             seen: set[str] = set()
             with worker_pool(self._workers) as pool:
-                for i, key, content, err in pool.map(self._read, range(len(self._items))):
-                    if err is not None:
-                        self._item_errors[i] = err
+                for i, key, content, exc in pool.map(self._read, range(len(self._items))):
+                    if exc is not None:
+                        self._read_errors[i] = exc
                         continue
                     self._keys[i] = key
                     if key in seen:
                         continue
                     seen.add(key)
-                    vec = cache.get(ckey, key)
-                    if vec is not None:
-                        self._found[key] = vec
-                    else:
-                        misses.append((key, content, describe(self._items[i])))
+                    need = []
+                    for found, enc in zip(self._found, self._encs):
+                        vec = enc.cache.get(enc.cache_key, key)
+                        if vec is not None:
+                            found[key] = vec
+                        need.append(vec is None)
+                    if any(need) or self._sink is not None:
+                        todo.append((key, content, describe(self._items[i]), tuple(need)))
+            if self._sink is not None:
+                self._sink.start(list(self._keys), list(self._read_errors))
             if self._overlap:
-                prefetcher = OrderedPrefetcher(self._prepare, misses, workers=self._workers,
+                prefetcher = OrderedPrefetcher(self._prepare, todo, workers=self._workers,
                                                lookahead=max(2 * self._bs, 2 * self._workers))
                 try:
                     for res in prefetcher:
@@ -128,14 +169,14 @@ class ImageJob:
                     prefetcher.close()
             else:
                 with worker_pool(self._workers) as pool:
-                    for w, s in enumerate(range(0, len(misses), self._window)):
+                    for w, s in enumerate(range(0, len(todo), self._window)):
                         if w:
                             self._go.acquire()
-                        for res in pool.map(self._prepare, misses[s:s + self._window]):
+                        for res in pool.map(self._prepare, todo[s:s + self._window]):
                             self._q.put(res)
                         self._q.put(_WINDOW_END)
                         self._first_ready.set()
-        except BaseException as exc:  # surfaced in result()
+        except BaseException as exc:  # surfaced in results()
             self._q.put(_Failure(exc))
         finally:
             self._q.put(_DONE)
@@ -148,21 +189,22 @@ class ImageJob:
             self._first_ready.wait()
 
     # -- caller thread: batched forward passes
-    def _forward_keys(self, keys: list[str], tensors: torch.Tensor) -> None:
-        vecs = self._enc.forward_tensors(tensors)
+    def _forward_keys(self, j: int, keys: list[str], tensors: torch.Tensor) -> None:
+        enc = self._encs[j]
+        vecs = enc.forward_tensors(tensors)
         for key, vec in zip(keys, vecs):
-            self._found[key] = vec
-            self._enc.cache.put(self._enc.cache_key, key, vec)
+            self._found[j][key] = vec
+            enc.cache.put(enc.cache_key, key, vec)
 
-    def _flush(self, batch: list[tuple[str, torch.Tensor]]) -> None:
+    def _flush(self, j: int, batch: list[tuple[str, torch.Tensor]]) -> None:
         if batch:
-            self._forward_keys([k for k, _ in batch], torch.stack([t for _, t in batch]))
+            self._forward_keys(j, [k for k, _ in batch], torch.stack([t for _, t in batch]))
         batch.clear()
 
-    def result(self) -> ImageEmbeddings:
-        """Run the forward passes and return one row per input item."""
-        batch: list[tuple[str, torch.Tensor]] = []
-        window: list[tuple[str, torch.Tensor]] = []
+    def results(self) -> list[ImageEmbeddings]:
+        """Run the forward passes and return, per encoder, one row per input item."""
+        batches: list[list[tuple[str, torch.Tensor]]] = [[] for _ in self._encs]
+        windows: list[list[tuple[str, torch.Tensor]]] = [[] for _ in self._encs]
         while True:
             res = self._q.get()
             if res is _DONE:
@@ -170,40 +212,56 @@ class ImageJob:
             if isinstance(res, _Failure):
                 raise RuntimeError(f"image pipeline failed: {res.exc}") from res.exc
             if res is _WINDOW_END:  # windows schedule: the whole window is ready, forward it
-                if window:  # one contiguous tensor for the window, batches are views of it
-                    keys, big = [k for k, _ in window], torch.stack([t for _, t in window])
-                    window.clear()
-                    for s in range(0, len(keys), self._bs):
-                        self._forward_keys(keys[s:s + self._bs], big[s:s + self._bs])
+                for j, window in enumerate(windows):
+                    if window:  # one contiguous tensor for the window, batches are views of it
+                        keys, big = [k for k, _ in window], torch.stack([t for _, t in window])
+                        window.clear()
+                        for s in range(0, len(keys), self._bs):
+                            self._forward_keys(j, keys[s:s + self._bs], big[s:s + self._bs])
                 self._go.release()
                 continue
-            key, img, err, name = res
-            if err is None:
-                try:
-                    tensor = self._enc.tensor_steps(img)
-                except Exception as exc:
-                    err = f"{name}: cannot preprocess image ({type(exc).__name__}: {exc})"
-            if err is not None:
-                self._errors_by_key[key] = err
-                continue
-            if not self._overlap:
-                window.append((key, tensor))
-                continue
-            batch.append((key, tensor))
-            if len(batch) >= self._bs:
-                self._flush(batch)
-        self._flush(batch)
+            key, outs, errs, name = res
+            for j, (out, err) in enumerate(zip(outs, errs)):
+                if out is None and err is None:  # encoder j had it cached
+                    continue
+                if err is None:
+                    try:
+                        tensor = self._encs[j].tensor_steps(out)
+                    except Exception as exc:
+                        err = f"{name}: cannot preprocess image ({type(exc).__name__}: {exc})"
+                if err is not None:
+                    self._errors_by_key[j][key] = err
+                    continue
+                if not self._overlap:
+                    windows[j].append((key, tensor))
+                    continue
+                batches[j].append((key, tensor))
+                if len(batches[j]) >= self._bs:
+                    self._flush(j, batches[j])
+        for j, batch in enumerate(batches):
+            self._flush(j, batch)
         self._thread.join()
-        dim = self._enc.embed_dim
-        out = torch.full((len(self._items), dim), float("nan"), dtype=torch.float32)
-        errors: list[Optional[str]] = list(self._item_errors)
+        return [self._embeddings(j) for j in range(len(self._encs))]
+
+    def result(self) -> ImageEmbeddings:
+        """`results()` of a one-encoder job."""
+        if len(self._encs) != 1:
+            raise ValueError(f"result() is for a one-encoder job; this one has {len(self._encs)}: "
+                             "use results()")
+        return self.results()[0]
+
+    def _embeddings(self, j: int) -> ImageEmbeddings:
+        found, errors_by_key = self._found[j], self._errors_by_key[j]
+        out = torch.full((len(self._items), self._encs[j].embed_dim), float("nan"), dtype=torch.float32)
+        errors: list[Optional[str]] = [None if e is None else _message(e, describe(it), "read")
+                                       for e, it in zip(self._read_errors, self._items)]
         for i, key in enumerate(self._keys):
             if key is None:
                 continue
-            if key in self._found:
-                out[i] = self._found[key]
+            if key in found:
+                out[i] = found[key]
             else:
-                errors[i] = self._errors_by_key.get(key, f"{describe(self._items[i])}: not encoded")
+                errors[i] = errors_by_key.get(key, f"{describe(self._items[i])}: not encoded")
         n_bad = sum(e is not None for e in errors)
         if n_bad:
             log.warning("%d of %d images could not be encoded (first: %s)", n_bad, len(errors),
@@ -279,7 +337,7 @@ class ImageEncoderBase:
                      overlap: Optional[bool] = None) -> ImageJob:
         """Begin encoding `images` in the background; call `.result()` for the embeddings.
         `overlap`: None picks the schedule by device (see `ImageJob`)."""
-        return ImageJob(self, as_list(images), batch_size, workers, prefetch, overlap)
+        return ImageJob([self], as_list(images), batch_size, workers, prefetch, overlap)
 
     def embed_images(self, images: Iterable[ImageInput], batch_size: int = 32, *,
                      workers: Optional[int] = None) -> ImageEmbeddings:

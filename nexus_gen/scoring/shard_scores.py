@@ -15,7 +15,8 @@ from typing import Any, Iterable, Iterator, Optional, Union
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nexus_gen.scoring.edit_scorer import EditScorer, EditTriplet, metric_columns, parse_metrics
+from nexus_gen.data.shards import iter_samples
+from nexus_gen.scoring.edit_scorer import EditScorer, EditTriplet
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +27,14 @@ class SampleError(ValueError):
     """A sample cannot become an edit triplet; the message says why."""
 
 
-def _image_ref(im: Any, which: str, sid: str):
+def _image_ref(im: Any, which: str) -> Union[bytes, str]:
+    """The stored bytes of an HF Image struct, else its path (the scorers read either)."""
     if not isinstance(im, dict):
         raise SampleError(f"{which} image is not a {{bytes, path}} struct")
-    if im.get("bytes"):
-        return im["bytes"]
-    if im.get("path"):
-        return im["path"]
-    raise SampleError(f"{which} image has neither bytes nor path")
+    ref = im.get("bytes") or im.get("path")
+    if not ref:
+        raise SampleError(f"{which} image has neither bytes nor path")
+    return ref
 
 
 def triplet_from_sample(sample: dict[str, Any]) -> EditTriplet:
@@ -51,14 +52,8 @@ def triplet_from_sample(sample: dict[str, Any]) -> EditTriplet:
     caps = list(caps) if isinstance(caps, (list, tuple)) else []
     caps += [None] * (2 - len(caps))
     cap = [c if isinstance(c, str) and c.strip() else None for c in caps[:2]]
-    return EditTriplet(sid, _image_ref(images[0], "source", sid), _image_ref(images[1], "target", sid),
+    return EditTriplet(sid, _image_ref(images[0], "source"), _image_ref(images[1], "target"),
                        instruction, cap[0], cap[1])
-
-
-def _iter_samples(paths: Iterable[Union[str, Path]]) -> Iterator[dict[str, Any]]:
-    from nexus_gen.data.shards import iter_samples
-
-    yield from iter_samples([str(p) for p in paths], batch_size=64)
 
 
 @dataclass
@@ -94,7 +89,7 @@ def score_shards(paths: Iterable[Union[str, Path]], out: Union[str, Path], *,
     extra: dict[str, tuple[Optional[str], Optional[str]]] = {}
 
     def triplets(rej_f) -> Iterator[EditTriplet]:
-        for s in _iter_samples(paths):
+        for s in iter_samples(paths):
             run.rows_in += 1
             if s.get("task") != "editing":
                 run.skipped_not_editing += 1
