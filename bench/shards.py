@@ -169,7 +169,10 @@ def memory_child(n: int, work: Path) -> None:
     except OSError:
         base = 0
     run_ours(inp, work / "images", out)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:  # the reset high-water mark (getrusage keeps maxima from before the reset)
+        peak = _status_kb("VmHWM")
+    except (OSError, KeyError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"n": n, "peak_rss_kb": peak, "growth_kb": peak - base if base else None}))
     shutil.rmtree(out)
 

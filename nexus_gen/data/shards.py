@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "nexus-gen-shards/1"
 DEFAULT_SHARD_BYTES = 500 * 1024 * 1024
-DEFAULT_ROW_GROUP_BYTES = 32 * 1024 * 1024
+DEFAULT_ROW_GROUP_BYTES = 8 * 1024 * 1024  # ~75 samples of two 512-px JPEGs: small enough to overlap
+# building and writing from the first groups, and to stream a shard in small reads
 # Images are already compressed (JPEG/PNG/WebP): compressing them again costs time and saves nothing.
 COLUMN_COMPRESSION = {"id": "snappy", "source": "snappy", "task": "snappy", "language": "snappy",
                       "messages.list.element.role": "snappy", "messages.list.element.content": "snappy",
@@ -276,7 +277,7 @@ def _offsets(lengths: list[int]) -> pa.Buffer:
 
 
 class BlobArena:
-    """Reusable memory for one row group's image bytes, from arrow's allocator. A fresh 32 MB
+    """Reusable memory for one row group's image bytes, from arrow's allocator. A fresh
     buffer per row group costs a page fault per 4 KB on first touch (on a VM, a large share of
     the writer's time); filling the same memory again costs none. An arena must not be refilled
     while a table built on it is still being written."""
