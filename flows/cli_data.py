@@ -70,6 +70,9 @@ def convert(
     _say(f"converted {input_path} ({fmt}) -> {out}: {summary.shards} shard(s), {summary.bytes / 1e6:.1f} MB")
     _say(f"by task: {json.dumps(summary.by_task, ensure_ascii=False)}")
     _say(f"by language: {json.dumps(summary.by_language, ensure_ascii=False)}")
+    if not summary.shards:  # datasets.load_dataset refuses an empty file list and a 0-row parquet
+        _say("no shard written: no sample was accepted, so there is nothing to load (manifest.json "
+             "lists no shards; see rejects.jsonl for why)")
     if summary.rejected:
         _say(f"rejected {summary.rejected}: {json.dumps(summary.reasons, ensure_ascii=False)} "
                    f"(see {out / 'rejects.jsonl'})")

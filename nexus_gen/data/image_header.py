@@ -107,6 +107,29 @@ def sniff_jpeg(data: bytes) -> Optional[tuple[str, int, int, str, int]]:
     return None
 
 
+def jpeg_scan_offset(data: bytes) -> Optional[int]:
+    """Where the first scan of a JPEG starts, found by walking its marker segments (an EXIF
+    thumbnail inside APP1 holds SOS and EOI markers of its own); None when the header is cut."""
+    n, pos = len(data), 2
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        if marker == 0xDA:
+            return pos
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
 def sniff(data: bytes) -> Optional[tuple[str, int, int, str, int]]:
     """(format, width, height, mode, orientation) for plain PNG/JPEG headers, else None."""
     if data[:8] == PNG_SIG:

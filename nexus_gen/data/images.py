@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from nexus_gen.data.image_header import sniff
+from nexus_gen.data.image_header import jpeg_scan_offset, sniff
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; raise it explicitly for giant scans
 KEEP_FORMATS = {"PNG", "JPEG", "WEBP"}  # stored as-is when already RGB and upright
@@ -162,7 +162,11 @@ def _check_end(fmt: str, data: bytes, name: str) -> None:
     if fmt == "PNG" and data.rfind(_PNG_END) < 0:
         raise ImageError(f"image {name!r} is a truncated PNG (no IEND chunk)")
     if fmt == "JPEG" and _JPEG_EOI not in data[-1024:]:
-        raise ImageError(f"image {name!r} is a truncated JPEG (no end-of-image marker)")
+        # data may follow the image (phones append a video to "motion photos"): the marker counts
+        # anywhere after the first scan starts, where the bytes FF D9 can only be the end marker
+        scan = jpeg_scan_offset(data)
+        if scan is None or data.find(_JPEG_EOI, scan) < 0:
+            raise ImageError(f"image {name!r} is a truncated JPEG (no end-of-image marker)")
 
 
 def inspect_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:

@@ -143,6 +143,12 @@ def display_name(path: Union[str, Path]) -> str:
     return os.fsencode(Path(path).name).decode("utf-8", "replace")
 
 
+def source_name(path: Union[str, Path]) -> str:
+    """The default source of a file's samples: its name without the suffix, as valid UTF-8
+    text (undecodable bytes in it would make every sample of the file a reject)."""
+    return Path(display_name(path)).stem
+
+
 def read_records(path: Union[str, Path]) -> Iterator[Record]:
     """Records of a jsonl / json / csv / tsv / parquet file, lazily, each with its location."""
     path = Path(path)

@@ -7,6 +7,7 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -107,12 +108,32 @@ class ShardInfo:
     tasks: dict[str, int] = field(default_factory=dict)
 
 
+def _finite(obj: Any) -> Any:
+    """`obj` with NaN and infinities as None: JSON has no such numbers, and strict readers
+    (DuckDB, JavaScript, serde) refuse text that holds them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def meta_json(meta: Optional[dict[str, Any]]) -> str:
+    """Meta as canonical JSON text (sorted keys; a NaN score, pandas' missing value, as null)."""
+    try:
+        return json.dumps(meta or {}, ensure_ascii=False, sort_keys=True, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(meta), ensure_ascii=False, sort_keys=True, allow_nan=False)
+
+
 def sample_to_row(sample: dict[str, Any]) -> dict[str, Any]:
     """A sample dict as a parquet row: meta serialised as canonical JSON."""
     row = {k: sample[k] for k in FIELDS if k != "meta"}
     row["images"] = [{"bytes": im.get("bytes"), "path": im.get("path")} for im in sample["images"]]
     row["messages"] = [{"role": m["role"], "content": m["content"]} for m in sample["messages"]]
-    row["meta"] = json.dumps(sample.get("meta") or {}, ensure_ascii=False, sort_keys=True)
+    row["meta"] = meta_json(sample.get("meta"))
     return row
 
 

@@ -31,6 +31,10 @@ def convert_file(fmt: str, input_path: Union[str, Path], out_dir: Union[str, Pat
         raise ValueError(f"shard size must be positive, got {shard_bytes}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    try:  # a shell passes undecodable bytes as lone surrogates: every sample would be a reject
+        (source or "").encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"--source {source!r} is not valid UTF-8 text") from None
     inp = input_path.resolve()
     if inp.parent == Path(out_dir).resolve() and (inp.match(SHARD_GLOB) or inp.name in (MANIFEST, "rejects.jsonl")):
         raise ValueError(f"input {input_path} is one of the files a build into {out_dir} replaces; "

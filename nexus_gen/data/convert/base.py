@@ -10,16 +10,17 @@ import logging
 import os
 from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, TextIO, Union
 
 import xxhash
 
 from nexus_gen.data.images import (DEFAULT_MAX_PIXELS, ImageError, ImagesRoot, canonical_image_bytes,
                                    image_to_bytes)
 from nexus_gen.data.records import Location, Record
-from nexus_gen.data.shards import DEFAULT_SHARD_BYTES, ShardWriter
+from nexus_gen.data.shards import DEFAULT_SHARD_BYTES, ShardWriter, meta_json
 from nexus_gen.data.templates import detect_language, detect_task
 from nexus_gen.data.validate import sample_problems
 
@@ -199,7 +200,7 @@ def build_sample(draft: Draft, opts: BuildOptions) -> dict[str, Any]:
     if problems:
         raise DraftError("; ".join(problems))
     try:  # meta is stored as JSON text; a value JSON cannot hold would stop the writer
-        json.dumps(sample["meta"], ensure_ascii=False, sort_keys=True)
+        meta_json(sample["meta"])
     except (TypeError, ValueError) as e:
         raise DraftError(f"meta: a value cannot be stored as JSON ({e})") from None
     return sample
@@ -270,6 +271,21 @@ def _reason_kind(reason: str) -> str:
     return kind[:80]
 
 
+@contextmanager
+def _replaced_on_success(path: Path) -> Iterator[TextIO]:
+    """A text file written under a temporary name and renamed to `path` when the block ends
+    without an exception: a failed run leaves neither a half file nor the previous run's."""
+    path.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+
+
 def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: BuildOptions,
                    shard_bytes: int = DEFAULT_SHARD_BYTES, workers: Optional[int] = None,
                    manifest_extra: Optional[dict[str, Any]] = None,
@@ -283,7 +299,10 @@ def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: Build
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, no permission: an option error, not a traceback
+        raise ValueError(f"output folder {out_dir} cannot be created ({e.strerror or e})") from None
     summary = Summary()
     seen: set[str] = set()
 
@@ -297,8 +316,6 @@ def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: Build
             rid = item.id if isinstance(item.id, str) else (None if item.id is None else str(item.id))
             return Reject(item.location, reason, rid)
 
-    rejects_path = out_dir / "rejects.jsonl"
-    tmp_rejects = out_dir / ".rejects.jsonl.tmp"
     bar = None
     if progress:
         from tqdm import tqdm
@@ -306,7 +323,7 @@ def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: Build
         bar = tqdm(unit="sample", desc="convert")
     pool = InlineExecutor() if workers == 1 else ThreadPoolExecutor(workers, thread_name_prefix="convert")
     with ShardWriter(out_dir, shard_bytes=shard_bytes, extra_manifest=manifest_extra) as writer, \
-            open(tmp_rejects, "w", encoding="utf-8") as rej, pool:
+            _replaced_on_success(out_dir / "rejects.jsonl") as rej, pool:
 
         for res in ordered_map(work, items, pool, ahead=max(4, 2 * workers), chunk=8):
             summary.input += 1
@@ -336,7 +353,6 @@ def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: Build
             if bar is not None:
                 bar.update(1)
         manifest = writer.close()
-    tmp_rejects.replace(rejects_path)
     if bar is not None:
         bar.close()
     summary.shards = len(manifest["shards"])

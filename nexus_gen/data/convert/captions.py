@@ -7,7 +7,7 @@ from typing import Iterator, Optional
 
 from nexus_gen.data.convert.base import Draft, DraftError, Item, content_key, drafts_from_records, optional_id
 from nexus_gen.data.convert.edit_pairs import pick, ref_key
-from nexus_gen.data.records import Record, read_records
+from nexus_gen.data.records import Record, read_records, source_name
 from nexus_gen.data.templates import LANGUAGES, generation_messages
 
 NAME = "captions"
@@ -43,5 +43,5 @@ def draft(rec: Record, source: str, language: str) -> list[Draft]:
 def read(path: Path, source: Optional[str] = None, language: str = "en") -> Iterator[Item]:
     if language not in LANGUAGES:
         raise ValueError(f"--language {language!r}: choose one of {', '.join(LANGUAGES)}")
-    src = source or Path(path).stem
+    src = source or source_name(path)
     return drafts_from_records(read_records(path), lambda r: draft(r, src, language))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from nexus_gen.data.convert.base import Draft, DraftError, Item, content_key, drafts_from_records, optional_id
-from nexus_gen.data.records import Record, read_records
+from nexus_gen.data.records import Record, read_records, source_name
 from nexus_gen.data.templates import editing_messages, detect_language
 
 NAME = "edit-pairs"
@@ -108,5 +108,5 @@ def draft_pair(rec: Record, source: str, cols: Columns, both_directions: str = "
 
 def read(path: Path, source: Optional[str] = None, cols: Columns = Columns(),
          language: Optional[str] = None) -> Iterator[Item]:
-    src = source or Path(path).stem
+    src = source or source_name(path)
     return drafts_from_records(read_records(path), lambda r: draft_pair(r, src, cols, "auto", language))

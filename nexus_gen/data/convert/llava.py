@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterator
 
 from nexus_gen.data.convert.base import Draft, DraftError, Item, drafts_from_records, parse_turns, require
-from nexus_gen.data.records import Record, read_records
+from nexus_gen.data.records import Record, read_records, source_name
 
 NAME = "llava"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -24,5 +24,5 @@ def draft(rec: Record, source: str) -> list[Draft]:
 
 
 def read(path: Path, source: str | None = None) -> Iterator[Item]:
-    src = source or Path(path).stem
+    src = source or source_name(path)
     return drafts_from_records(read_records(path), lambda r: draft(r, src))

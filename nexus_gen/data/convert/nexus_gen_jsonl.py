@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterator
 
 from nexus_gen.data.convert.base import Draft, DraftError, Item, drafts_from_records, parse_turns, require
-from nexus_gen.data.records import Record, read_records
+from nexus_gen.data.records import Record, read_records, source_name
 
 NAME = "nexus-gen-jsonl"
 
@@ -28,5 +28,5 @@ def draft(rec: Record, default_source: str) -> list[Draft]:
 
 
 def read(path: Path, source: str | None = None) -> Iterator[Item]:
-    default_source = source or Path(path).stem
+    default_source = source or source_name(path)
     return drafts_from_records(read_records(path), lambda r: draft(r, default_source))
