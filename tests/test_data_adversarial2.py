@@ -605,10 +605,13 @@ def test_an_interrupted_rebuild_leaves_no_half_files_and_no_stale_results(tmp_pa
     assert left, "finished shards of the interrupted run are kept"
     for n in left:  # and they are whole
         assert n.startswith("shard-") and pq.ParquetFile(out / n).metadata.num_rows > 0
+    val = cli("validate", out)  # nor does validate pass it: the manifest is the completion marker
+    assert val.exit_code == 1 and "unfinished build" in flat(val.output), val.output
     monkeypatch.undo()
     counts = convert_file("nexus-gen-jsonl", src, out, images_root=imgs, shard_bytes=30_000, workers=workers).counts()
     assert counts == {"input": 120, "accepted": 106, "rejected": 14}
     assert len(rejects(out)) == 14
+    assert cli("validate", out).exit_code == 0
 
 
 def test_export_of_a_zoo_build_round_trips_pixels(zoo_builds, tmp_path):

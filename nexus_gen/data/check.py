@@ -10,7 +10,7 @@ from typing import Any, Iterable, Union
 import pyarrow.parquet as pq
 
 from nexus_gen.data.images import ImageError, decode_image, inspect_image
-from nexus_gen.data.shards import MANIFEST, iter_samples, read_manifest, shard_files
+from nexus_gen.data.shards import MANIFEST, SHARD_GLOB, iter_samples, read_manifest, shard_files
 from nexus_gen.data.validate import sample_problems
 from nexus_gen.hashing import file_sha256
 
@@ -79,6 +79,9 @@ def validate_shards(paths: Union[str, Path, Iterable], full: bool = False) -> Va
             found = shard_files(p)
             if not found:
                 report.problems.append(f"{p}: no parquet shards found")
+            elif p.is_dir() and any(f.match(SHARD_GLOB) for f in found):  # the manifest is written last
+                report.problems.append(f"{p}: shard files but no {MANIFEST}: an unfinished build "
+                                       "(its run stopped before the end); convert again")
             files += found
     seen: set[str] = set()
     for f in files:

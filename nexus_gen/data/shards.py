@@ -145,7 +145,9 @@ class ShardWriter:
     group fills, so memory is bounded by a few row groups, not the dataset size. Measured on
     2 cores, keeping the Python work on one thread and only native work on the others is
     fastest (bench/shards.py). Each shard is written as `.shard-NNNNN.parquet.tmp`
-    and renamed when complete; `close()` writes `manifest.json` last."""
+    and renamed when complete; `close()` writes `manifest.json` last. A build of no rows has no
+    shard and a manifest listing none (`datasets` loads neither an empty file list nor a 0-row
+    parquet, so there is nothing to load)."""
 
     def __init__(self, out_dir: Union[str, Path], shard_bytes: int = DEFAULT_SHARD_BYTES,
                  row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES, extra_manifest: Optional[dict] = None,
