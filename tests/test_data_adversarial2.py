@@ -232,7 +232,7 @@ def test_datasets_decodes_every_image_of_a_multi_shard_build(zoo_builds, tmp_pat
     import datasets
 
     out = zoo_builds["outs"]["workers3"]
-    files = sorted(str(p) for p in out.glob("shard-*.parquet"))
+    files = sorted(str(p) for p in out.glob("train-*.parquet"))
     assert len(files) >= 3
     ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
     ours = samples(out)
@@ -407,7 +407,7 @@ def test_long_text_non_bmp_unicode_and_a_last_line_without_newline(tmp_path):
     out, out2 = tmp_path / "o", tmp_path / "o2"
     assert convert("nexus-gen-jsonl", src, out, "--images-root", imgs)["accepted"] == 2
     assert convert("captions", caps, out2, "--images-root", imgs)["accepted"] == 1
-    ds = datasets.load_dataset("parquet", data_files=str(out / "shard-*.parquet"), split="train",
+    ds = datasets.load_dataset("parquet", data_files=str(out / "train-*.parquet"), split="train",
                                cache_dir=str(tmp_path / "hf"))
     assert list(ds["id"]) == ["😀_𝕏_id", "plain"]
     assert ds[0]["messages"][1]["content"] == long_answer
@@ -518,7 +518,7 @@ def test_non_finite_scores_are_stored_as_json_null(tmp_path):
     pq.write_table(table, tmp_path / "ip.parquet")
     out = tmp_path / "o"
     assert convert("imagepulse", tmp_path / "ip.parquet", out, "--images-root", imgs)["accepted"] == 2
-    for meta in pq.read_table(out / "shard-00000.parquet").column("meta").to_pylist():
+    for meta in pq.read_table(out / "train-00000.parquet").column("meta").to_pylist():
         m = _strict_json(meta)
         assert m["image_1_preference_score"] is None and m["clip_score"] is None
         assert m["image_2_preference_score"] == 0.5
@@ -604,7 +604,7 @@ def test_an_interrupted_rebuild_leaves_no_half_files_and_no_stale_results(tmp_pa
     assert [n for n in left if n.startswith(".") or n.endswith(".tmp")] == []
     assert left, "finished shards of the interrupted run are kept"
     for n in left:  # and they are whole
-        assert n.startswith("shard-") and pq.ParquetFile(out / n).metadata.num_rows > 0
+        assert n.startswith("train-") and pq.ParquetFile(out / n).metadata.num_rows > 0
     val = cli("validate", out)  # nor does validate pass it: the manifest is the completion marker
     assert val.exit_code == 1 and "unfinished build" in flat(val.output), val.output
     monkeypatch.undo()

@@ -98,7 +98,7 @@ def test_validate_catches_meta_that_is_not_json(tmp_path):
 
 def test_manifest_sha_mismatch_when_a_shard_is_edited(good, tmp_path):
     d = _copy(good, tmp_path)
-    shard = sorted(d.glob("shard-*.parquet"))[0]
+    shard = sorted(d.glob("train-*.parquet"))[0]
     table = pq.read_table(shard)
     pq.write_table(table, shard, compression="gzip")  # same rows, different bytes
     res = cli("validate", d)
@@ -118,17 +118,17 @@ def test_manifest_row_count_mismatch(good, tmp_path):
 
 def test_missing_corrupt_and_stray_shards_are_problems_not_crashes(good, tmp_path):
     d = _copy(good, tmp_path)
-    files = sorted(d.glob("shard-*.parquet"))
+    files = sorted(d.glob("train-*.parquet"))
     assert len(files) >= 3
     files[0].unlink()
     files[1].write_bytes(files[1].read_bytes()[:200])
-    shutil.copy(files[2], d / "shard-00099.parquet")
+    shutil.copy(files[2], d / "train-00099.parquet")
     res = cli("validate", d)
     assert res.exit_code == 1, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
     assert f"{files[0]}: listed in the manifest but missing" in res.stdout
     assert f"{files[1]}: not a readable parquet file" in res.stdout
-    assert "shard-00099.parquet: a shard file the manifest does not list" in res.stdout
+    assert "train-00099.parquet: a shard file the manifest does not list" in res.stdout
 
 
 def test_unreadable_manifest_is_a_problem(good, tmp_path):

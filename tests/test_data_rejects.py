@@ -235,7 +235,7 @@ def test_converting_a_shard_into_its_own_folder_is_refused(tmp_path, images):
     out = tmp_path / "o"
     convert("nexus-gen-jsonl", write_jsonl(tmp_path / "in.jsonl", [und_row("a", "astronaut.png")]), out,
             "--images-root", images)
-    shard = out / "shard-00000.parquet"
+    shard = out / "train-00000.parquet"
     before = shard.read_bytes()
     res = cli("convert", "nexus-gen-jsonl", shard, "--out", out)
     assert res.exit_code != 0 and "replaces" in flat(res.output)

@@ -37,7 +37,7 @@ def test_tiny_shard_size_gives_several_shards_and_manifest_matches(many, tmp_pat
     assert convert("nexus-gen-jsonl", many, out, "--images-root", many.parent / "imgs",
                    "--shard-size", "8k")["accepted"] == 24
     man = read_manifest(out)
-    files = sorted(out.glob("shard-*.parquet"))
+    files = sorted(out.glob("train-*.parquet"))
     assert len(files) >= 3
     assert [s["file"] for s in man["shards"]] == [f.name for f in files]
     for s, f in zip(man["shards"], files):
@@ -127,9 +127,9 @@ def test_shards_are_written_under_a_temporary_name_then_renamed(tmp_path, monkey
         for i in range(6):
             w.write(_sample(i, os.urandom(1500)))
             # nothing under a final shard name is ever half written
-            for f in out.glob("shard-*.parquet"):
+            for f in out.glob("train-*.parquet"):
                 assert pq.ParquetFile(f).metadata.num_rows > 0
-    shard_renames = [r for r in renames if r[1].startswith("shard-")]
+    shard_renames = [r for r in renames if r[1].startswith("train-")]
     assert len(shard_renames) >= 2
     for src, dst in shard_renames:
         assert src == f".{dst}.tmp"
@@ -144,8 +144,8 @@ def test_a_failed_build_leaves_no_half_shard(tmp_path):
             for i in range(3):
                 w.write(_sample(i, os.urandom(1500)))
             raise RuntimeError("boom")
-    assert list(out.glob("shard-*.parquet")) == []
-    assert list(out.glob(".shard-*")) == []
+    assert list(out.glob("train-*.parquet")) == []
+    assert list(out.glob(".train-*")) == []
     assert not (out / "manifest.json").exists()
 
 
@@ -154,11 +154,11 @@ def test_a_rebuild_replaces_previous_shards(tmp_path):
     with ShardWriter(out, shard_bytes=2000, row_group_bytes=500) as w:
         for i in range(5):
             w.write(_sample(i, os.urandom(1000)))
-    assert len(list(out.glob("shard-*.parquet"))) >= 2
+    assert len(list(out.glob("train-*.parquet"))) >= 2
     with ShardWriter(out) as w:
         w.write(_sample(9, b"x"))
     assert [s["id"] for s in iter_samples(out)] == ["x9"]
-    assert len(list(out.glob("shard-*.parquet"))) == 1
+    assert len(list(out.glob("train-*.parquet"))) == 1
 
 
 def test_writer_rejects_bad_sizes(tmp_path):
@@ -186,12 +186,12 @@ def test_reader_is_lazy(tmp_path, monkeypatch):
     assert opened == []  # a generator: nothing read before the first next()
     first = next(it)
     assert first["id"] == "x0" and first["meta"] == {"i": 0}
-    assert opened == ["shard-00000.parquet"]
+    assert opened == ["train-00000.parquet"]
     # one shard per step: the later shards are opened only when reached
-    for f in sorted(out.glob("shard-*.parquet"))[2:]:
+    for f in sorted(out.glob("train-*.parquet"))[2:]:
         f.write_bytes(b"garbage, never read")
     assert next(it)["id"] == "x1"
-    assert opened == ["shard-00000.parquet", "shard-00001.parquet"]
+    assert opened == ["train-00000.parquet", "train-00001.parquet"]
     it.close()
 
 
@@ -200,10 +200,10 @@ def test_shard_files_accepts_folder_file_glob_and_list(tmp_path):
     with ShardWriter(out, shard_bytes=1500, row_group_bytes=1500) as w:
         for i in range(3):
             w.write(_sample(i, os.urandom(2000)))
-    files = sorted(out.glob("shard-*.parquet"))
+    files = sorted(out.glob("train-*.parquet"))
     assert shard_files(out) == files
     assert shard_files(files[1]) == [files[1]]
-    assert shard_files(str(out / "shard-*.parquet")) == files
+    assert shard_files(str(out / "train-*.parquet")) == files
     assert shard_files([files[2], out]) == [files[2]] + files
     with pytest.raises(FileNotFoundError):
         shard_files(tmp_path / "nothing-*.parquet")
@@ -267,6 +267,29 @@ def test_written_shards_carry_the_schema(tmp_path):
     out = tmp_path / "o"
     with ShardWriter(out) as w:
         w.write(_sample(0, b"abc"))
-    s = pq.read_schema(next(out.glob("shard-*.parquet")))
+    s = pq.read_schema(next(out.glob("train-*.parquet")))
     assert s.remove_metadata().equals(arrow_schema().remove_metadata())
     assert s.metadata[b"huggingface"] == arrow_schema().metadata[b"huggingface"]
+
+
+def test_datasets_loads_a_build_folder_by_data_dir_and_by_path(many, tmp_path):
+    """Split-named shards: `datasets` picks them and leaves manifest.json and rejects.jsonl alone."""
+    import datasets
+
+    out = tmp_path / "o"
+    convert("nexus-gen-jsonl", many, out, "--images-root", many.parent / "imgs", "--shard-size", "8k")
+    assert len(list(out.glob("train-*.parquet"))) >= 3
+    cache = tmp_path / "hf"
+    for ds in (datasets.load_dataset("parquet", data_dir=str(out), split="train", cache_dir=str(cache)),
+               datasets.load_dataset(str(out), split="train", cache_dir=str(cache))):
+        assert ds.num_rows == 24
+        assert sorted(ds["id"]) == [f"s{i:03d}" for i in range(24)]
+
+
+def test_a_rebuild_replaces_shards_of_the_earlier_naming(many, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "shard-00000.parquet").write_bytes(b"old build")
+    (out / ".shard-00001.parquet.tmp").write_bytes(b"old half")
+    convert("nexus-gen-jsonl", many, out, "--images-root", many.parent / "imgs")
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "rejects.jsonl", "train-00000.parquet"]

@@ -32,7 +32,12 @@ COLUMN_COMPRESSION = {"id": "snappy", "source": "snappy", "task": "snappy", "lan
                       "messages.list.element.role": "snappy", "messages.list.element.content": "snappy",
                       "images.list.element.bytes": "none", "images.list.element.path": "snappy",
                       "meta": "snappy"}
-SHARD_GLOB = "shard-*.parquet"
+# `train-NNNNN.parquet`: the split in the name is how `datasets` (and the Hub) pick the data files
+# of a folder, so `load_dataset("parquet", data_dir=OUT)` reads the shards and skips
+# manifest.json and rejects.jsonl beside them
+SHARD_PREFIX = "train"
+SHARD_GLOB = f"{SHARD_PREFIX}-*.parquet"
+LEGACY_SHARD_GLOB = "shard-*.parquet"  # builds before the split-named shards
 
 
 class _ShardFile:
@@ -138,13 +143,13 @@ def sample_to_row(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 class ShardWriter:
-    """Streams samples into `out_dir/shard-NNNNN.parquet` files of about `shard_bytes` each.
+    """Streams samples into `out_dir/train-NNNNN.parquet` files of about `shard_bytes` each.
 
     Rows are buffered up to `row_group_bytes`, built into an arrow table on the caller's thread,
     then written as one row group by a background thread (native code, no GIL) while the next
     group fills, so memory is bounded by a few row groups, not the dataset size. Measured on
     2 cores, keeping the Python work on one thread and only native work on the others is
-    fastest (bench/shards.py). Each shard is written as `.shard-NNNNN.parquet.tmp`
+    fastest (bench/shards.py). Each shard is written as `.train-NNNNN.parquet.tmp`
     and renamed when complete; `close()` writes `manifest.json` last. A build of no rows has no
     shard and a manifest listing none (`datasets` loads neither an empty file list nor a 0-row
     parquet, so there is nothing to load)."""
@@ -175,7 +180,8 @@ class ShardWriter:
         self._pending: Optional[Future] = None
         self._arenas = (BlobArena(), BlobArena())
         self._groups = 0
-        for stale in list(self.out_dir.glob(SHARD_GLOB)) + list(self.out_dir.glob(".shard-*.tmp")):
+        for stale in [p for g in (SHARD_GLOB, LEGACY_SHARD_GLOB, f".{SHARD_GLOB}.tmp", ".shard-*.tmp")
+                      for p in self.out_dir.glob(g)]:
             stale.unlink()  # a rebuild replaces the previous shards of this folder
         man = self.out_dir / MANIFEST
         if man.exists():
@@ -183,8 +189,8 @@ class ShardWriter:
 
     def _open_shard(self) -> None:
         idx = len(self.shards)
-        self._tmp = self.out_dir / f".shard-{idx:05d}.parquet.tmp"
-        self._final = self.out_dir / f"shard-{idx:05d}.parquet"
+        self._final = self.out_dir / f"{SHARD_PREFIX}-{idx:05d}.parquet"
+        self._tmp = self.out_dir / f".{self._final.name}.tmp"
         self._file = _ShardFile(self._tmp, fsync=self.fsync)
         self._writer = pq.ParquetWriter(
             self._file.sink, self._schema, compression=COLUMN_COMPRESSION,
