@@ -366,8 +366,8 @@ def test_an_input_of_only_bad_records_keeps_every_one_as_a_reject(tmp_path):
 # --- hostile text --------------------------------------------------------------------------------
 
 def test_csv_with_bom_crlf_and_quoted_newlines_keeps_text_and_locations(tmp_path):
-    """A record spanning several lines is located at its last physical line (the convention
-    tests/test_data_formats.py pins), and the line breaks inside its quoted cell are kept."""
+    """A record spanning several lines is located at the line it starts on, and the line breaks
+    inside its quoted cell are kept."""
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     (imgs / "a.png").write_bytes(encode(photo("astronaut", 32), "PNG"))
@@ -383,11 +383,11 @@ def test_csv_with_bom_crlf_and_quoted_newlines_keeps_text_and_locations(tmp_path
     out = tmp_path / "o"
     assert convert("captions", src, out, "--images-root", imgs) == {"input": 5, "accepted": 2, "rejected": 3}
     got = samples(out)
-    assert [s["meta"]["input"]["line"] for s in got] == [3, 9]
+    assert [s["meta"]["input"]["line"] for s in got] == [2, 9]
     assert got[0]["meta"]["captions"] == ["a caption\r\nover two lines"]
     assert got[1]["meta"]["captions"] == ['quote " inside, and a comma']
     assert [(r["line"], r["reason"].split(" ")[0]) for r in rejects(out)] == \
-        [(6, "image"), (8, "missing"), (10, "image")]
+        [(4, "image"), (8, "missing"), (10, "image")]
 
 
 def test_long_text_non_bmp_unicode_and_a_last_line_without_newline(tmp_path):

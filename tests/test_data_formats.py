@@ -165,14 +165,14 @@ def test_edit_pairs_csv_malformed(tmp_path, root):
         "astronaut.png,chelsea.png,too,many,cells,here\n"           # 5 too many cells
         "\n"                                                        # 6 blank line
         f"coffee.png,rocket.png,make it a rocket,\"{huge}\"\n"      # 7 huge caption, good
-        "rocket.png,coffee.png,\"multi\nline instruction\",x\n"     # 8-9 quoted newline, good
+        "rocket.png,coffee.png,\"multi\nline instruction\",x\n"     # 8-9 quoted newline, good (at 8)
         "chelsea.png,astronaut.png,make it a person,x\n",           # 10 good
         encoding="utf-8")
     out = tmp_path / "o"
     counts = convert("edit-pairs", src, out, "--images-root", root)
     assert counts == {"input": 7, "accepted": 4, "rejected": 3}
     got = samples(out)
-    assert [s["meta"]["input"]["line"] for s in got] == [2, 7, 9, 10]
+    assert [s["meta"]["input"]["line"] for s in got] == [2, 7, 8, 10]  # where each record starts
     assert got[1]["meta"]["captions"][0] == huge.strip()
     assert got[2]["messages"][0]["content"] == "<image> multi\nline instruction"
     reasons = {r["line"]: r["reason"] for r in rejects(out)}

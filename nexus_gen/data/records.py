@@ -101,14 +101,22 @@ def _csv(path: Path, name: str, delimiter: str) -> Iterator[Record]:
         csv.field_size_limit(CSV_FIELD_LIMIT)
     # undecodable bytes become lone surrogates, so one bad row is rejected and the rest are read
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
+        reader = csv.reader(f, delimiter=delimiter)
+        header: Optional[list[str]] = None
+        start = 1  # a record is located by the line it starts on (quoted newlines span lines)
         try:
-            for row in reader:
-                loc = Location(name, reader.line_num)
-                if None in row:
-                    yield Record(loc, error=f"row has {len(row) - 1 + len(row[None])} cells, "
-                                            f"header has {len(reader.fieldnames or [])}")
+            for cells in reader:
+                loc = Location(name, start)
+                start = reader.line_num + 1
+                if not cells:  # a blank line
                     continue
+                if header is None:
+                    header = cells
+                    continue
+                if len(cells) > len(header):
+                    yield Record(loc, error=f"row has {len(cells)} cells, header has {len(header)}")
+                    continue
+                row = dict(zip(header, cells + [None] * (len(header) - len(cells))))
                 bad = [k for k, v in row.items() if _not_utf8(str(k)) or (isinstance(v, str) and _not_utf8(v))]
                 if bad:
                     yield Record(loc, error=f"column {bad[0]!r} is not valid UTF-8 text "
@@ -116,7 +124,7 @@ def _csv(path: Path, name: str, delimiter: str) -> Iterator[Record]:
                     continue
                 yield Record(loc, data={k: (v if v != "" else None) for k, v in row.items()})
         except (csv.Error, UnicodeDecodeError) as e:
-            yield Record(Location(name, reader.line_num), error=f"unreadable CSV: {e}")
+            yield Record(Location(name, start), error=f"unreadable CSV: {e}")
 
 
 def _open_parquet(path: Path):
