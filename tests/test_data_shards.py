@@ -293,3 +293,48 @@ def test_a_rebuild_replaces_shards_of_the_earlier_naming(many, tmp_path):
     (out / ".shard-00001.parquet.tmp").write_bytes(b"old half")
     convert("nexus-gen-jsonl", many, out, "--images-root", many.parent / "imgs")
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "rejects.jsonl", "train-00000.parquet"]
+
+
+def test_a_build_touches_only_its_own_shard_names(many, tmp_path):
+    """A downloaded `train-00000-of-00001.parquet` beside a build is neither deleted by it nor
+    taken by `validate` for a shard of an unfinished build."""
+    from nexus_gen.data.check import validate_shards
+
+    out = tmp_path / "o"
+    out.mkdir()
+    hf = out / "train-00000-of-00001.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), hf)
+    before = hf.read_bytes()
+    convert("nexus-gen-jsonl", many, out, "--images-root", many.parent / "imgs")
+    assert hf.read_bytes() == before
+    alone = tmp_path / "hf"
+    alone.mkdir()
+    pq.write_table(pa.table({"x": [1]}), alone / "train-00000-of-00001.parquet")
+    assert not any("unfinished build" in p for p in validate_shards(alone).problems)
+
+
+@pytest.mark.parametrize("name", ["shard-00000.parquet", "train-00003.parquet"])
+def test_an_input_named_like_a_shard_of_the_output_is_refused_and_kept(many, tmp_path, name):
+    from nexus_gen.data.convert import convert_file
+
+    out = tmp_path / "o"
+    out.mkdir()
+    src = out / name
+    pq.write_table(pa.table({"id": ["a"]}), src)
+    before = src.read_bytes()
+    with pytest.raises(ValueError, match="one of the files a build into"):
+        convert_file("llava", src, out)
+    assert src.read_bytes() == before
+
+
+def test_rejects_file_is_in_place_before_the_manifest(many, tmp_path, monkeypatch):
+    order: list[str] = []
+    real_replace = os.replace
+
+    def spy(src, dst, *a, **kw):
+        order.append(Path(dst).name)
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", spy)
+    convert("nexus-gen-jsonl", many, tmp_path / "o", "--images-root", many.parent / "imgs")
+    assert order.index("rejects.jsonl") < order.index("manifest.json") == len(order) - 1

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Union
 import pyarrow.parquet as pq
 
 from nexus_gen.data.images import ImageError, decode_image, inspect_image
-from nexus_gen.data.shards import LEGACY_SHARD_GLOB, MANIFEST, SHARD_GLOB, iter_samples, read_manifest, shard_files
+from nexus_gen.data.shards import MANIFEST, build_shards, is_build_shard, iter_samples, read_manifest, shard_files
 from nexus_gen.data.validate import sample_problems
 from nexus_gen.hashing import file_sha256
 
@@ -57,7 +57,7 @@ def _manifest_problems(folder: Path) -> tuple[list[str], list[Path]]:
         if file_sha256(p) != s.get("sha256"):
             problems.append(f"{p}: sha256 differs from the manifest (file changed or corrupt)")
     listed = {p.name for p, _ in entries}
-    for stray in sorted({*folder.glob(SHARD_GLOB), *folder.glob(LEGACY_SHARD_GLOB)}):
+    for stray in build_shards(folder):
         if stray.name not in listed:
             problems.append(f"{stray}: a shard file the manifest does not list")
     return problems, files
@@ -79,7 +79,7 @@ def validate_shards(paths: Union[str, Path, Iterable], full: bool = False) -> Va
             found = shard_files(p)
             if not found:
                 report.problems.append(f"{p}: no parquet shards found")
-            elif p.is_dir() and any(f.match(SHARD_GLOB) or f.match(LEGACY_SHARD_GLOB) for f in found):  # the manifest is written last
+            elif p.is_dir() and any(is_build_shard(f.name) for f in found):  # the manifest is written last
                 report.problems.append(f"{p}: shard files but no {MANIFEST}: an unfinished build "
                                        "(its run stopped before the end); convert again")
             files += found

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +37,23 @@ COLUMN_COMPRESSION = {"id": "snappy", "source": "snappy", "task": "snappy", "lan
 # of a folder, so `load_dataset("parquet", data_dir=OUT)` reads the shards and skips
 # manifest.json and rejects.jsonl beside them
 SHARD_PREFIX = "train"
-SHARD_GLOB = f"{SHARD_PREFIX}-*.parquet"
-LEGACY_SHARD_GLOB = "shard-*.parquet"  # builds before the split-named shards
+# exactly the names a build writes (and `shard-NNNNN` of builds before the split-named shards):
+# a file downloaded as `train-00000-of-00001.parquet` is not ours to replace
+_BUILD_SHARD = re.compile(r"(?:train|shard)-\d{5}\.parquet")
+
+
+def is_build_shard(name: str, temporary: bool = False) -> bool:
+    """True for the name of a shard a build writes (with `temporary`, also for the
+    `.NAME.tmp` it is written under first)."""
+    if _BUILD_SHARD.fullmatch(name):
+        return True
+    return temporary and name.startswith(".") and name.endswith(".tmp") \
+        and _BUILD_SHARD.fullmatch(name[1:-4]) is not None
+
+
+def build_shards(folder: Path) -> list[Path]:
+    """The finished shard files of a build folder, by name (whether the manifest lists them or not)."""
+    return sorted(p for p in Path(folder).iterdir() if is_build_shard(p.name))
 
 
 class _ShardFile:
@@ -180,8 +196,7 @@ class ShardWriter:
         self._pending: Optional[Future] = None
         self._arenas = (BlobArena(), BlobArena())
         self._groups = 0
-        for stale in [p for g in (SHARD_GLOB, LEGACY_SHARD_GLOB, f".{SHARD_GLOB}.tmp", ".shard-*.tmp")
-                      for p in self.out_dir.glob(g)]:
+        for stale in [p for p in self.out_dir.iterdir() if is_build_shard(p.name, temporary=True)]:
             stale.unlink()  # a rebuild replaces the previous shards of this folder
         man = self.out_dir / MANIFEST
         if man.exists():

@@ -11,7 +11,7 @@ from typing import Optional, Union
 
 from nexus_gen.data.convert.base import BuildOptions, Summary, run_conversion
 from nexus_gen.data.records import display_name
-from nexus_gen.data.shards import DEFAULT_SHARD_BYTES, MANIFEST, SHARD_GLOB
+from nexus_gen.data.shards import DEFAULT_SHARD_BYTES, MANIFEST, is_build_shard
 
 
 def convert_file(fmt: str, input_path: Union[str, Path], out_dir: Union[str, Path],
@@ -29,14 +29,12 @@ def convert_file(fmt: str, input_path: Union[str, Path], out_dir: Union[str, Pat
         raise FileNotFoundError(f"input {input_path} does not exist or is not a file")
     if shard_bytes <= 0:
         raise ValueError(f"shard size must be positive, got {shard_bytes}")
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     try:  # a shell passes undecodable bytes as lone surrogates: every sample would be a reject
         (source or "").encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(f"--source {source!r} is not valid UTF-8 text") from None
     inp = input_path.resolve()
-    if inp.parent == Path(out_dir).resolve() and (inp.match(SHARD_GLOB) or inp.name in (MANIFEST, "rejects.jsonl")):
+    if inp.parent == Path(out_dir).resolve() and (is_build_shard(inp.name) or inp.name in (MANIFEST, "rejects.jsonl")):
         raise ValueError(f"input {input_path} is one of the files a build into {out_dir} replaces; "
                          "write to another --out folder")
     opts = BuildOptions(Path(images_root) if images_root is not None else input_path.parent.resolve(), verify)

@@ -158,7 +158,7 @@ class BuildOptions:
 def build_sample(draft: Draft, opts: BuildOptions) -> dict[str, Any]:
     """Read, check and hash the draft's images, fill task/language, validate. Raises DraftError.
 
-    Each image's content hash (xxh3-128, the fingerprint `datasets` uses too) goes to
+    Each image's content hash (xxh3-128, non-cryptographic) goes to
     `meta.image_xxh3_128`: an identity for dedup and joins at 20 GB/s. Integrity is the
     manifest's job: its sha256 of each shard covers every image byte."""
     if isinstance(draft.id, int) and not isinstance(draft.id, bool):
@@ -218,7 +218,7 @@ class InlineExecutor(Executor):
         return fut
 
 
-def default_workers(verify: str) -> int:
+def convert_workers(verify: str) -> int:
     """Image workers when none are asked for. `full` decodes pixels (native code that releases
     the GIL): one thread per core. Header checks of local files are short Python steps between
     syscalls: extra threads only contend for the GIL, so they run in the caller's thread while
@@ -293,9 +293,9 @@ def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: Build
     """Stream drafts into shards under `out_dir`; rejects go to `out_dir/rejects.jsonl`.
 
     Image reading and checking run in `workers` threads (1: in this thread; None: see
-    `default_workers`), bounded ahead of the writer; writing, id de-duplication and counting
+    `convert_workers`), bounded ahead of the writer; writing, id de-duplication and counting
     happen in order, so output bytes are deterministic."""
-    workers = default_workers(opts.verify) if workers is None else workers
+    workers = convert_workers(opts.verify) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
@@ -322,36 +322,37 @@ def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: Build
 
         bar = tqdm(unit="sample", desc="convert")
     pool = InlineExecutor() if workers == 1 else ThreadPoolExecutor(workers, thread_name_prefix="convert")
-    with ShardWriter(out_dir, shard_bytes=shard_bytes, extra_manifest=manifest_extra) as writer, \
-            _replaced_on_success(out_dir / "rejects.jsonl") as rej, pool:
-
-        for res in ordered_map(work, items, pool, ahead=max(4, 2 * workers), chunk=8):
-            summary.input += 1
-            if isinstance(res, dict) and res["id"] in seen:
-                where = res["meta"]["input"]
-                res = Reject(Location(where["file"], where["line"]),
-                             f"duplicate id {res['id']!r}: an earlier sample of this build has it",
-                             res["id"])
-            if isinstance(res, Reject):
-                summary.rejected += 1
-                k = _reason_kind(res.reason)
-                summary.reasons[k] = summary.reasons.get(k, 0) + 1
-                line = json.dumps(res.to_json(), ensure_ascii=False)
-                try:
-                    line.encode("utf-8")
-                except UnicodeEncodeError:  # an id with a lone surrogate: keep it, \u-escaped
-                    line = json.dumps(res.to_json())
-                rej.write(line + "\n")
-                log.warning("rejected %s: %s", res.location, res.reason)
-            else:
-                seen.add(res["id"])
-                writer.write(res)
-                summary.accepted += 1
-                for d, k in ((summary.by_task, res["task"]), (summary.by_language, res["language"]),
-                             (summary.by_source, res["source"])):
-                    d[k] = d.get(k, 0) + 1
-            if bar is not None:
-                bar.update(1)
+    with ShardWriter(out_dir, shard_bytes=shard_bytes, extra_manifest=manifest_extra) as writer:
+        # rejects.jsonl is in place before the manifest, which is written last: a folder with
+        # a manifest is a finished build, its counts reconcile
+        with _replaced_on_success(out_dir / "rejects.jsonl") as rej, pool:
+            for res in ordered_map(work, items, pool, ahead=max(4, 2 * workers), chunk=8):
+                summary.input += 1
+                if isinstance(res, dict) and res["id"] in seen:
+                    where = res["meta"]["input"]
+                    res = Reject(Location(where["file"], where["line"]),
+                                 f"duplicate id {res['id']!r}: an earlier sample of this build has it",
+                                 res["id"])
+                if isinstance(res, Reject):
+                    summary.rejected += 1
+                    k = _reason_kind(res.reason)
+                    summary.reasons[k] = summary.reasons.get(k, 0) + 1
+                    line = json.dumps(res.to_json(), ensure_ascii=False)
+                    try:
+                        line.encode("utf-8")
+                    except UnicodeEncodeError:  # an id with a lone surrogate: keep it, \u-escaped
+                        line = json.dumps(res.to_json())
+                    rej.write(line + "\n")
+                    log.warning("rejected %s: %s", res.location, res.reason)
+                else:
+                    seen.add(res["id"])
+                    writer.write(res)
+                    summary.accepted += 1
+                    for d, k in ((summary.by_task, res["task"]), (summary.by_language, res["language"]),
+                                 (summary.by_source, res["source"])):
+                        d[k] = d.get(k, 0) + 1
+                if bar is not None:
+                    bar.update(1)
         manifest = writer.close()
     if bar is not None:
         bar.close()
