@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from eval.geneval.detections_file import read_jsonl
+from eval.geneval.rules import PAPER_NAMES
 from eval.report import Report, Section, Table, bar_chart, figure_png, read_run_config
+from nexus_gen.scoring.clip_profiles import expand_profile
 
 TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
@@ -67,8 +69,6 @@ def _comparable(config: dict[str, Any]) -> list[str]:
         why.append(f"only {ps['n_used']} of {ps['n_total']} prompts were used (--limit)")
     det = config.get("detector", {}).get("name")
     if config.get("benchmark") == "geneval" and det is not None:
-        from eval.geneval.detect import PAPER_NAMES  # torch: only for GenEval (not scenes) runs
-
         if det not in PAPER_NAMES:
             why.append(f"detector `{det}` is not the official Mask2Former Swin-S COCO")
     clip = config.get("classifier", {}).get("name")
@@ -80,11 +80,7 @@ def _comparable(config: dict[str, Any]) -> list[str]:
 def _official_clip(spec: str) -> bool:
     """True for the spellings of GenEval's colour classifier: the `paper` profile or ViT-L-14 with
     the OpenAI weights (which always run with QuickGELU, named so or not)."""
-    from nexus_gen.scoring.clip import PROFILES
-
-    if spec in PROFILES:
-        spec = ":".join(PROFILES[spec])
-    model, _, weights = spec.partition(":")
+    model, _, weights = expand_profile(spec).partition(":")
     return model.removesuffix("-quickgelu") == "ViT-L-14" and weights == "openai"
 
 

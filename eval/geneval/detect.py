@@ -17,15 +17,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from eval.geneval.rules import PAPER_DETECTOR, PAPER_NAMES  # noqa: F401  (PAPER_DETECTOR: re-exported)
 from nexus_gen.models.cache import build_once
 from nexus_gen.scoring.detection import Detection
 
 log = logging.getLogger(__name__)
 
-PAPER_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
-# The names of the official detector, which also run it at the official test scale (a hub id
-# given as is runs at its processor's own scale: not the official protocol).
-PAPER_NAMES = ("paper", "default")
 # The official (mmdet) test scale: keep-ratio resize to short side 800, long side at most 1333.
 OFFICIAL_TEST_SIZE = {"shortest_edge": 800, "longest_edge": 1333}
 TINY_NAME = "geneval-mask2former-tiny"

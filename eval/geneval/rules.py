@@ -28,6 +28,10 @@ ColorFn = Callable[[str, list[Detection]], list[str]]
 
 # The official `--options` key for NMS is `max_overlap`; we accept it as an alias.
 _ALIASES = {"max_overlap": "nms_threshold"}
+PAPER_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
+# The names of the official detector, which also run it at the official test scale (a hub id
+# given as is runs at its processor's own scale: not the official protocol).
+PAPER_NAMES = ("paper", "default")
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from nexus_gen.hashing import file_sha256
+from nexus_gen.scoring.clip_profiles import expand_profile
 from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
 from nexus_gen.scoring.image_encoder import ImageEncoderBase
 
 log = logging.getLogger(__name__)
 
-PROFILES: dict[str, tuple[str, str]] = {
-    "paper": ("ViT-L-14-quickgelu", "openai"),
-    "small": ("ViT-B-32-quickgelu", "openai"),
-}
 RANDOM_SEED = 0
 
 
@@ -59,8 +56,7 @@ def resolve_clip_spec(spec: str) -> ClipSpec:
         from nexus_gen.scoring.tiny_models import tiny_clip_dir
 
         return ClipSpec("local-dir", f"local-dir:{tiny_clip_dir()}", None)
-    if spec in PROFILES:
-        spec = "{}:{}".format(*PROFILES[spec])
+    spec = expand_profile(spec)
     if spec.startswith("local-dir:"):
         path = Path(spec[len("local-dir:"):]).expanduser()
         if not (path / "open_clip_config.json").is_file():
