@@ -58,7 +58,7 @@ _SIZE = typer.Option(None, help="image size in pixels")
 def _run_benchmark(benchmark: str, params: dict[str, Any]) -> None:
     """Check the config here, once (a bad one fails before Prefect starts), then run the checked
     plan as the benchmark's flow in-process and print the summary JSON. `params`: the command's
-    own arguments, by name."""
+    own arguments, by name (its click context's `params`)."""
     from eval.geneval.run import GenEvalConfig, check
 
     options, rest = _split_options(params)
@@ -76,6 +76,7 @@ def _run_benchmark(benchmark: str, params: dict[str, Any]) -> None:
 
 @app.command("geneval")
 def geneval(
+    ctx: typer.Context,
     generator: str = _GENERATOR, out: Path = _OUT, limit: Optional[int] = _LIMIT,
     n_images: int = _N_IMAGES, seed: int = _SEED, batch_size: int = _BATCH_SIZE,
     device: str = _DEVICE, dtype: str = _DTYPE, steps: Optional[int] = _STEPS,
@@ -88,11 +89,12 @@ def geneval(
     position_threshold: float = _POSITION,
 ) -> None:
     """GenEval: generate, detect, score and report as one flow."""
-    _run_benchmark("geneval", locals())
+    _run_benchmark("geneval", ctx.params)
 
 
 @app.command("geneval-scenes")
 def geneval_scenes(
+    ctx: typer.Context,
     generator: str = _GENERATOR, out: Path = _OUT, limit: Optional[int] = _LIMIT,
     n_images: int = _N_IMAGES, seed: int = _SEED, batch_size: int = _BATCH_SIZE,
     device: str = _DEVICE, dtype: str = _DTYPE, steps: Optional[int] = _STEPS,
@@ -103,11 +105,12 @@ def geneval_scenes(
     position_threshold: float = _POSITION,
 ) -> None:
     """GenEval-scenes, offline: scenes prompts, the pixel detector, the same scorer and report."""
-    _run_benchmark("geneval-scenes", locals())
+    _run_benchmark("geneval-scenes", ctx.params)
 
 
 @app.command("geneval-score")
 def geneval_score(
+    ctx: typer.Context,
     detections: Path = typer.Argument(..., help="a detections.jsonl written by a GenEval run"),
     out: Path = typer.Option(..., help="results.jsonl to write (official rows)"),
     threshold: float = _THRESHOLD, counting_threshold: float = _COUNTING,
@@ -117,7 +120,7 @@ def geneval_score(
     device: str = typer.Option("cpu"),
 ) -> None:
     """Re-score a detections file with other options, without a detector; prints the summary."""
-    given, _ = _split_options(locals())  # first, while locals() are the arguments only
+    given, _ = _split_options(ctx.params)
     from eval.geneval.score import rescore_file
 
     try:
