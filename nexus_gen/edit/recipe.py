@@ -1,0 +1,264 @@
+"""Build recipes: a YAML file validated by pydantic before any work (unknown keys, roles, edit
+types, non-positive counts and missing models are errors that name the file and the key).
+
+A recipe says what one run builds: sources (procedural scenes, real images, existing datasets
+through the converters), how many triplets of each edit type, the model for each role, seeds,
+scoring metrics, the filter policy `select` applies later, shard size, outputs and splits."""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator,
+                      model_validator)
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "datasets_spec" / "recipes"
+EDIT_TYPES = ("add", "remove", "style")
+LANGUAGES = ("en", "zh")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be built; the message names the file, the key and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScenesSource(_Strict):
+    """Procedural scenes (exact ground truth): `count` random scenes rendered at `size` px."""
+
+    kind: Literal["scenes"]
+    name: str = "scenes"
+    count: PositiveInt
+    size: Annotated[int, Field(ge=64, le=4096)] = 256
+    min_objects: PositiveInt = 1
+    max_objects: PositiveInt = 4
+
+    @model_validator(mode="after")
+    def _objects(self) -> "ScenesSource":
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects ({self.min_objects}) > max_objects ({self.max_objects})")
+        return self
+
+
+class ImagesSource(_Strict):
+    """Real images (files, folders or globs, relative to the recipe file), centre-cropped to a
+    square of `size` px; `captions` maps a file name to its caption (optional)."""
+
+    kind: Literal["images"]
+    name: str = "images"
+    paths: Annotated[list[str], Field(min_length=1)]
+    size: Annotated[int, Field(ge=64, le=4096)] = 256
+    captions: dict[str, str] = {}
+
+
+class DatasetSource(_Strict):
+    """Existing data in any converter format (several files or globs), scored, split and written
+    beside the built triplets."""
+
+    kind: Literal["dataset"]
+    name: Optional[str] = None
+    format: str
+    inputs: Annotated[list[str], Field(min_length=1)]
+    images_root: Optional[str] = None
+    language: Optional[Literal["en", "zh"]] = None
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        from nexus_gen.data.convert import FORMATS
+
+        if v not in FORMATS:
+            raise ValueError(f"unknown format {v!r}; allowed: {', '.join(FORMATS)}")
+        return v
+
+
+Source = Annotated[Union[ScenesSource, ImagesSource, DatasetSource], Field(discriminator="kind")]
+
+
+class Edits(_Strict):
+    """How many triplets of each edit type (each gives samples in both directions)."""
+
+    add: Optional[PositiveInt] = None
+    remove: Optional[PositiveInt] = None
+    style: Optional[PositiveInt] = None
+
+    def counts(self) -> dict[str, int]:
+        return {t: getattr(self, t) for t in EDIT_TYPES if getattr(self, t)}
+
+
+class Models(_Strict):
+    """The model for each role, by profile name (tiny, small, paper) or id. `editor` names the
+    edit backend (nexus_gen/edit/backends); `detector` the verifier of add/remove edits."""
+
+    editor: str
+    clip: Optional[str] = None
+    dino: Optional[str] = None
+    detector: Optional[str] = None
+
+
+class Scoring(_Strict):
+    metrics: list[Literal["clip_t", "clipscore", "clip_i", "clip_dir", "dino", "l1", "l2",
+                          "l1_masked"]] = ["clip_t", "clip_i", "clip_dir", "dino", "l1_masked"]
+    batch_size: PositiveInt = 32
+
+
+class Outputs(_Strict):
+    """What the run writes besides the editing samples: generation samples (caption -> image)
+    and understanding samples (scenes QA) of the same sources, and the triplet table."""
+
+    generation: bool = False
+    understanding: bool = False
+    understanding_per_source: PositiveInt = 4
+    triplets: bool = True
+
+
+class Recipe(_Strict):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    description: str = ""
+    seed: Annotated[int, Field(ge=0)] = 0
+    sources: Annotated[list[Source], Field(min_length=1)]
+    edits: Edits = Edits()
+    models: Models
+    scoring: Scoring = Scoring()
+    filter_policy: str = "auto"
+    shard_size: PositiveInt = 16  # sources per shard (a shard is the unit of work and of resume)
+    outputs: Outputs = Outputs()
+    languages: Annotated[list[Literal["en", "zh"]], Field(min_length=1)] = ["en", "zh"]
+    splits: dict[str, float] = {"train": 1.0}
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, v: dict[str, float]) -> dict[str, float]:
+        allowed = ("train", "validation", "test")
+        bad = [k for k in v if k not in allowed]
+        if bad:
+            raise ValueError(f"unknown split(s) {bad}; allowed: {', '.join(allowed)}")
+        if any(not 0 < f <= 1 for f in v.values()):
+            raise ValueError(f"every split fraction must be in (0, 1], got {v}")
+        if abs(sum(v.values()) - 1) > 1e-9:
+            raise ValueError(f"split fractions must sum to 1, got {sum(v.values())}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        if self.edits.counts() and not any(s.kind != "dataset" for s in self.sources):
+            raise ValueError("edits need a scenes or images source to edit")
+        names = [source_label(s, i) for i, s in enumerate(self.sources)]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique, repeated: {dup} (set `name:`)")
+        clip_metrics = {"clip_t", "clipscore", "clip_i", "clip_dir"} & set(self.scoring.metrics)
+        if clip_metrics and not self.models.clip:
+            raise ValueError(f"metrics {sorted(clip_metrics)} need models.clip (e.g. tiny, small, paper)")
+        if "dino" in self.scoring.metrics and not self.models.dino:
+            raise ValueError("metric dino needs models.dino (e.g. tiny, paper)")
+        return self
+
+
+def source_label(src: Any, index: int) -> str:
+    """A source's name in ids and lineage (a dataset source defaults to its format and position)."""
+    return src.name or f"{src.format}-{index}"
+
+
+def _format_error(exc: ValidationError, where: str) -> str:
+    lines = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
+            msg = f"{e['input']!r} is not allowed; expected {e['ctx']['expected']}"
+        elif e["type"] == "union_tag_invalid":
+            msg = f"unknown source kind {e['input'].get('kind')!r}; allowed: scenes, images, dataset" \
+                if isinstance(e.get("input"), dict) else msg
+        lines.append(f"{where}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def recipe_from_dict(data: Any, where: str = "<recipe>") -> Recipe:
+    """Validate a parsed recipe; raises `RecipeError` listing every problem with its key."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: a recipe must be a mapping, got {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_error(exc, where)) from None
+    _check_models(recipe, where)
+    return recipe
+
+
+def _check_models(recipe: Recipe, where: str) -> None:
+    """Roles name things that exist: a registered backend, a detector it knows."""
+    from nexus_gen.edit.backends import BACKENDS
+
+    if recipe.models.editor not in BACKENDS:
+        raise RecipeError(f"{where}: models.editor: unknown edit backend {recipe.models.editor!r}; "
+                          f"allowed: {', '.join(BACKENDS)}")
+    backend = BACKENDS[recipe.models.editor]
+    det = recipe.models.detector
+    if det is not None and det not in backend.DETECTORS:
+        raise RecipeError(f"{where}: models.detector: {det!r} is not a detector of backend "
+                          f"{recipe.models.editor!r}; allowed: {', '.join(backend.DETECTORS)}")
+
+
+def load_recipe(path_or_name: Union[str, Path]) -> tuple[Recipe, Path]:
+    """A recipe from a YAML file, or by name from `datasets_spec/recipes/<name>.yaml`.
+    Returns the recipe and its resolved file (relative paths in it resolve against its folder)."""
+    p = Path(path_or_name)
+    if not p.suffix and not p.exists():
+        p = RECIPES_DIR / f"{path_or_name}.yaml"
+    if not p.is_file():
+        avail = sorted(x.stem for x in RECIPES_DIR.glob("*.yaml"))
+        raise RecipeError(f"no recipe at {p} (built-in recipes: {', '.join(avail)})")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{p}: not valid YAML: {exc}") from None
+    recipe = recipe_from_dict(data, str(p))
+    _check_paths(recipe, p.resolve().parent, str(p))
+    return recipe, p.resolve()
+
+
+def resolve_paths(patterns: list[str], base: Path) -> list[Path]:
+    """Files named by paths, folders (their images, sorted) or globs, relative to `base`."""
+    out: list[Path] = []
+    for pat in patterns:
+        p = Path(pat).expanduser()
+        p = p if p.is_absolute() else base / p
+        if p.is_dir():
+            out += sorted(x for x in p.iterdir() if x.is_file()
+                          and x.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        elif any(c in pat for c in "*?["):
+            out += [Path(m) for m in sorted(glob.glob(str(p), recursive=True)) if Path(m).is_file()]
+        else:
+            out.append(p)
+    return out
+
+
+def _check_paths(recipe: Recipe, base: Path, where: str) -> None:
+    """Globs and folders that match nothing are config errors; a missing single file is not (it
+    becomes a reject at build time, so one lost photo does not stop a nightly run)."""
+    for i, s in enumerate(recipe.sources):
+        pats = s.paths if s.kind == "images" else s.inputs if s.kind == "dataset" else []
+        for pat in pats:
+            if any(c in pat for c in "*?[") and not resolve_paths([pat], base):
+                raise RecipeError(f"{where}: sources.{i}: pattern {pat!r} matches no file (relative to {base})")
+        if s.kind == "dataset":
+            missing = [str(p) for p in resolve_paths(s.inputs, base) if not p.exists()]
+            if missing:
+                raise RecipeError(f"{where}: sources.{i}.inputs: no such file(s): {', '.join(missing)}")
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """A stable hash of what the recipe builds (its validated content, key order ignored)."""
+    canon = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:16]
