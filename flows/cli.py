@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from flows import cli_data, cli_eval, cli_scenes, cli_scoring
+from flows import cli_build, cli_data, cli_eval, cli_scenes, cli_scoring
 
 app = typer.Typer(
     name="nexus-gen",
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 
 cli_data.register(app)
+cli_build.register(app)
 cli_scoring.register(app)
 app.add_typer(cli_scenes.app, name="scenes")
 app.add_typer(cli_eval.app, name="eval")

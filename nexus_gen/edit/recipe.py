@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator,
                       model_validator)
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "datasets_spec" / "recipes"
 EDIT_TYPES = ("add", "remove", "style")
+PositiveInt = Annotated[StrictInt, Field(gt=0)]  # "3" or 2.5 is a recipe error, not a count
 LANGUAGES = ("en", "zh")
 
 

@@ -1,0 +1,123 @@
+"""The data-building job as a Prefect flow: one task per shard (never per image), run on threads
+or on a Dask cluster, resumable (finished shards are skipped), with artifacts. Thin: every step
+is a library call of `nexus_gen.edit.build`, which a plain loop runs the same way."""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+
+from nexus_gen.edit.build import finish_run, prepare_run, summary_line
+from nexus_gen.edit.execute import BuildContext, run_shard
+from nexus_gen.edit.plan import ShardPlan
+
+log = logging.getLogger(__name__)
+RUNNERS = ("threads", "dask")
+
+
+def transient(exc: BaseException) -> bool:
+    """Errors worth a retry: I/O and connection faults, out-of-memory; never a bad input."""
+    if isinstance(exc, (ConnectionError, TimeoutError, MemoryError)):
+        return True
+    if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError,
+                                                        IsADirectoryError, NotADirectoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except BaseException as exc:  # the task's own exception
+        return transient(exc)
+    return False
+
+
+@task(name="build-shard", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_transient,
+      cache_policy=NO_CACHE)
+def build_shard(plan: ShardPlan, ctx: BuildContext) -> dict[str, Any]:
+    """One shard: edit, score, write; its marker is written last."""
+    return run_shard(plan, ctx)
+
+
+def task_runner(runner: str, workers: Optional[int], dask_address: Optional[str]):
+    """The Prefect task runner for `runner` (threads, or Dask: a LocalCluster of `workers`
+    single-threaded processes, or the scheduler at `dask_address`)."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    if runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers or 1)
+    if runner != "dask":
+        raise ValueError(f"unknown runner {runner!r}: choose one of {', '.join(RUNNERS)}")
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers or 2, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
+
+
+def post_artifacts(record: dict[str, Any], out: Path) -> None:
+    """Counts per edit type, rejects by reason, and a PNG grid of sample triplets."""
+    md = [f"# build `{record['recipe']}` ({record['status']})", "",
+          "| edit type | planned | triplets | rejected |", "|---|---|---|---|"]
+    for t, c in sorted(record["by_edit_type"].items()):
+        md.append(f"| {t} | {c.get('planned', 0)} | {c.get('triplets', 0)} | {c.get('rejected', 0)} |")
+    md += ["", f"samples by task: {json.dumps(record['by_task'])}; by split: {json.dumps(record['by_split'])}", ""]
+    if record["rejects_by_reason"]:
+        md += ["## rejects by reason", "", "| reason | count |", "|---|---|"]
+        md += [f"| {r} | {n} |" for r, n in sorted(record["rejects_by_reason"].items(), key=lambda x: -x[1])]
+    grid = out / "grid.png"
+    if grid.exists():
+        md += ["", "## sample triplets (source | target | mask)", "",
+               f"![triplets](data:image/png;base64,{base64.b64encode(grid.read_bytes()).decode()})"]
+    create_markdown_artifact("\n".join(md), key="build-summary", description=f"build {record['recipe']}")
+
+
+def write_grid(out: Path) -> None:
+    from nexus_gen.edit.grid import triplet_grid
+
+    if (out / "triplets" / "manifest.json").exists():
+        (out / "grid.png").write_bytes(triplet_grid(out / "triplets"))
+
+
+@flow(name="build", log_prints=False)
+def build_flow(recipe: str, out: str, limit: Optional[int] = None, progress: bool = False) -> dict[str, Any]:
+    """Build a recipe into `out` (resumable); returns the run record (`run.json`)."""
+    run = prepare_run(recipe, out, limit)
+    if run.finished is not None:
+        log.info("%s is already complete: nothing to do", out)
+        return run.finished
+    futures = [build_shard.submit(s, run.ctx) for s in run.todo]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(run.selected), initial=len(run.selected) - len(run.todo), unit="shard",
+                   desc=f"build {run.recipe.name}")
+    error: Optional[BaseException] = None
+    try:
+        for fut in as_completed(futures):
+            try:
+                fut.result()
+            except Exception as exc:  # the others go on; the run is marked failed at the end
+                error = error or exc
+                log.error("shard failed: %s", exc)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    record = finish_run(run, error)
+    write_grid(Path(out))
+    post_artifacts(record, Path(out))
+    if error is not None:
+        raise error
+    return record
