@@ -50,6 +50,11 @@ def prepare_run(recipe: Union[str, Path], out: Union[str, Path], limit: Optional
     """Everything before the first shard: the recipe validated, the plan made, the folder
     checked. Raises RecipeError / RunError before any work."""
     rec, rfile = load_recipe(recipe)
+    from nexus_gen.edit.backends import PLANNED_BACKENDS
+
+    if rec.models.editor in PLANNED_BACKENDS:
+        raise RunError(f"{rfile}: models.editor {rec.models.editor!r}: "
+                       f"{PLANNED_BACKENDS[rec.models.editor][1]}; build a recipe with editor 'scenes'")
     if limit is not None and limit < 1:
         raise RunError(f"--limit must be a positive number of shards, got {limit}")
     out = Path(out)

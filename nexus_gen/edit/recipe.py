@@ -95,12 +95,26 @@ class Edits(_Strict):
 
 class Models(_Strict):
     """The model for each role, by profile name (tiny, small, paper) or id. `editor` names the
-    edit backend (nexus_gen/edit/backends); `detector` the verifier of add/remove edits."""
+    edit backend (nexus_gen/edit/backends); `clip` and `dino` score; the other roles are the
+    backend's own models (`detector` verifies add/remove edits; the ImagePulse pipeline also has
+    generator, grounder, inpainter, captioner, stylizer, refiner). A role the backend does not
+    use is an error."""
 
     editor: str
     clip: Optional[str] = None
     dino: Optional[str] = None
     detector: Optional[str] = None
+    generator: Optional[str] = None
+    grounder: Optional[str] = None
+    inpainter: Optional[str] = None
+    captioner: Optional[str] = None
+    stylizer: Optional[str] = None
+    refiner: Optional[str] = None
+
+    def backend_roles(self) -> dict[str, str]:
+        """The roles given for the backend (not editor, not the scorers)."""
+        return {k: v for k, v in self.model_dump().items()
+                if v is not None and k not in ("editor", "clip", "dino")}
 
 
 class Scoring(_Strict):
@@ -199,12 +213,20 @@ def recipe_from_dict(data: Any, where: str = "<recipe>") -> Recipe:
 
 def _check_models(recipe: Recipe, where: str) -> None:
     """Roles name things that exist: a registered backend, a detector it knows."""
-    from nexus_gen.edit.backends import BACKENDS
+    from nexus_gen.edit.backends import BACKENDS, PLANNED_BACKENDS
 
-    if recipe.models.editor not in BACKENDS:
-        raise RecipeError(f"{where}: models.editor: unknown edit backend {recipe.models.editor!r}; "
-                          f"allowed: {', '.join(BACKENDS)}")
-    backend = BACKENDS[recipe.models.editor]
+    editor = recipe.models.editor
+    if editor not in BACKENDS and editor not in PLANNED_BACKENDS:
+        raise RecipeError(f"{where}: models.editor: unknown edit backend {editor!r}; "
+                          f"allowed: {', '.join([*BACKENDS, *PLANNED_BACKENDS])}")
+    roles = BACKENDS[editor].ROLES if editor in BACKENDS else PLANNED_BACKENDS[editor][0]
+    for role in recipe.models.backend_roles():
+        if role not in roles:
+            raise RecipeError(f"{where}: models.{role}: the {editor!r} backend has no such role; "
+                              f"its roles: {', '.join(roles) or 'none'} (plus clip, dino for scoring)")
+    if editor not in BACKENDS:
+        return
+    backend = BACKENDS[editor]
     det = recipe.models.detector
     if det is not None and det not in backend.DETECTORS:
         raise RecipeError(f"{where}: models.detector: {det!r} is not a detector of backend "

@@ -61,6 +61,7 @@ class EditOutput:
 
 class EditBackend(Protocol):
     NAME: str
+    ROLES: tuple[str, ...]  # model roles a recipe may give this backend (besides clip, dino)
     DETECTORS: tuple[str, ...]
 
     def styles_for(self, source_kind: str) -> tuple[str, ...]:

@@ -27,6 +27,20 @@ from nexus_gen.scenes.text import STYLE_TEXT, add_instruction, count_phrase, rem
 
 PHOTO_STYLES = ("pixel_art", "pastel", "inverted", "grayscale")  # need no scene geometry
 OBJECT_SIZE = (0.15, 0.3)  # fraction of the image side of an object composited onto a photo
+# what a restyled image's caption adds (EN, ZH), so the two captions differ by the edit as
+# InstructPix2Pix's do (directional CLIP is undefined for identical captions)
+STYLE_CAPTION = {"outline": ("drawn as outlines only", "只画轮廓线"),
+                 "pixel_art": ("as blocky pixel art", "像素画风格"),
+                 "pastel": ("in soft pastel tones", "柔和的粉彩色调"),
+                 "inverted": ("with inverted colours", "颜色反转"),
+                 "grayscale": ("in greyscale", "灰度图")}
+
+
+def styled_caption(caption: dict[str, Optional[str]], style: str) -> dict[str, Optional[str]]:
+    """The caption of a restyled image: the source caption plus the style's phrase."""
+    en, zh = STYLE_CAPTION[style]
+    return {"en": f"{caption['en']}, {en}" if caption.get("en") else None,
+            "zh": f"{caption['zh']}，{zh}" if caption.get("zh") else None}
 
 
 def load_photo(path: str, size: int) -> Image.Image:
@@ -46,17 +60,19 @@ def load_photo(path: str, size: int) -> Image.Image:
 
 
 def _scene_output(r: EditResult, lineage: dict[str, Any], verify: dict[str, Any]) -> EditOutput:
+    src_cap = {"en": r.source_caption, "zh": r.source_caption_zh}
+    tgt_cap = styled_caption(src_cap, r.style) if r.style in STYLE_CAPTION else \
+        {"en": r.target_caption, "zh": r.target_caption_zh}
     return EditOutput(
         r.edit_type, r.source, r.target, r.mask,
         {"en": r.instruction, "zh": r.instruction_zh},
         {"en": r.reverse_instruction, "zh": r.reverse_instruction_zh},
-        {"en": r.source_caption, "zh": r.source_caption_zh},
-        {"en": r.target_caption, "zh": r.target_caption_zh},
-        lineage, verify)
+        src_cap, tgt_cap, lineage, verify)
 
 
 class ScenesBackend:
     NAME = "scenes"
+    ROLES = ("detector",)
     DETECTORS = ("scenes-pixel",)
 
     def __init__(self, detector: Optional[str] = "scenes-pixel") -> None:
@@ -104,7 +120,7 @@ class ScenesBackend:
             en, ren, zh, rzh = STYLE_TEXT[spec.style]
             caps = {"en": cap, "zh": None}
             return EditOutput("style", photo, target, mask, {"en": en, "zh": zh},
-                              {"en": ren, "zh": rzh}, caps, dict(caps), lineage, {})
+                              {"en": ren, "zh": rzh}, caps, styled_caption(caps, spec.style), lineage, {})
         rng = random.Random(seed)
         obj = place(rng, rng.choice(SHAPES), rng.choice(COLORS), rng.uniform(*OBJECT_SIZE), [])
         if obj is None:
