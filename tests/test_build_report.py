@@ -28,5 +28,5 @@ def test_build_sections(tmp_path):
     vals = score_columns(tmp_path / "run" / "triplets")
     for et, g in df.groupby("edit_type"):
         assert sorted(vals[et]["l1"]) == sorted(g["l1"].dropna().tolist())
-    assert "4 planned" not in sec.text[0] and "4 planned triplets = 4 built" in sec.text[0]
+    assert "4 planned triplets = 4 built + 0 rejected" in sec.text[0]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["counts"]["triplets"] == 4
