@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
 from pydantic import (BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator,
                       model_validator)
 
@@ -236,16 +235,9 @@ def _check_models(recipe: Recipe, where: str) -> None:
 def load_recipe(path_or_name: Union[str, Path]) -> tuple[Recipe, Path]:
     """A recipe from a YAML file, or by name from `datasets_spec/recipes/<name>.yaml`.
     Returns the recipe and its resolved file (relative paths in it resolve against its folder)."""
-    p = Path(path_or_name)
-    if not p.suffix and not p.exists():
-        p = RECIPES_DIR / f"{path_or_name}.yaml"
-    if not p.is_file():
-        avail = sorted(x.stem for x in RECIPES_DIR.glob("*.yaml"))
-        raise RecipeError(f"no recipe at {p} (built-in recipes: {', '.join(avail)})")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"{p}: not valid YAML: {exc}") from None
+    from nexus_gen.spec_files import load_spec_yaml
+
+    data, p = load_spec_yaml(path_or_name, RECIPES_DIR, "recipe", RecipeError)
     recipe = recipe_from_dict(data, str(p))
     _check_paths(recipe, p.resolve().parent, str(p))
     return recipe, p.resolve()
