@@ -214,3 +214,46 @@ def test_bad_sources_become_rejects(tmp_path, example_dir):
         assert name in reasons
     assert not any("good.png" in r["reason"] for r in rejects)
     assert c["triplets"] > 0 and record["status"] == "complete"
+
+
+def test_dataset_sources_mixed_in(tmp_path, example_dir):
+    """Existing data (edit pairs with reverse instructions, in two files by glob, one bad line)
+    is converted, scored, split by its original source image and written beside built triplets;
+    its rejects are counted once."""
+    import shutil
+
+    img = tmp_path / "data" / "img"
+    img.mkdir(parents=True)
+    for name in ("edit_0_0.png", "edit_0_1.png", "gen_0.png"):
+        shutil.copy(example_dir / "assets" / "example_datasets" / "images" / name, img / name)
+    rows = [{"id": "p1", "source_image": "img/edit_0_0.png", "target_image": "img/edit_0_1.png",
+             "instruction": "Change the pan to a pot.", "reverse_instruction": "Change the pot to a pan.",
+             "source_caption": "a rusty pan", "target_caption": "a steaming pot"},
+            {"id": "p2", "source_image": "img/gen_0.png", "target_image": "img/edit_0_1.png",
+             "instruction": "Make it a kitchen.", "reverse_instruction": "Make it a street."}]
+    (tmp_path / "data" / "a.jsonl").write_text(json.dumps(rows[0]) + "\n{not json\n", encoding="utf-8")
+    (tmp_path / "data" / "b.jsonl").write_text(json.dumps(rows[1]) + "\n", encoding="utf-8")
+    r = small_recipe(sources=[{"kind": "scenes", "count": 4, "size": 64},
+                              {"kind": "dataset", "name": "pairs", "format": "edit-pairs",
+                               "inputs": ["data/*.jsonl"], "images_root": "data"}],
+                     edits={"add": 2}, splits={"train": 0.5, "test": 0.5}, seed=1)
+    record = build(write_recipe(tmp_path, r), tmp_path / "run")
+    assert record["datasets"]["pairs"] == {"input": 5, "accepted": 4, "rejected": 1}
+    rejects = (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()
+    assert len(rejects) == 1 and "a.jsonl" in rejects[0]
+    pairs = [s for s in _samples(tmp_path / "run") if s["source"] == "pairs"]
+    assert sorted(s["id"] for s in pairs) == ["pairs_p1", "pairs_p1_rev", "pairs_p2", "pairs_p2_rev"]
+    by_pair: dict[str, set] = {}
+    for s in pairs:
+        by_pair.setdefault(s["id"].removesuffix("_rev"), set()).add(s["meta"]["split"])
+        assert isinstance(s["meta"]["scores"]["clip_i"], float)
+    assert all(len(v) == 1 for v in by_pair.values())
+
+
+def test_shipped_demo_recipe_builds_offline(tmp_path):
+    record = build("demo", tmp_path / "demo")
+    c = record["counts"]
+    assert record["status"] == "complete" and c["planned"] == 48 == c["triplets"] + c["rejected"]
+    assert set(record["by_split"]) == {"train", "test"}
+    assert record["datasets"]["nexus-gen-example"]["accepted"] > 0
+    assert {"photos", "scenes"} <= {s["source"] for s in _samples(tmp_path / "demo")}

@@ -243,15 +243,19 @@ def load_recipe(path_or_name: Union[str, Path]) -> tuple[Recipe, Path]:
     return recipe, p.resolve()
 
 
-def resolve_paths(patterns: list[str], base: Path) -> list[Path]:
-    """Files named by paths, folders (their images, sorted) or globs, relative to `base`."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+
+
+def resolve_paths(patterns: list[str], base: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """Files named by paths, folders (their files with these suffixes, sorted) or globs,
+    relative to `base`."""
     out: list[Path] = []
     for pat in patterns:
         p = Path(pat).expanduser()
         p = p if p.is_absolute() else base / p
         if p.is_dir():
-            out += sorted(x for x in p.iterdir() if x.is_file()
-                          and x.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+            out += sorted(x for x in p.iterdir() if x.is_file() and x.suffix.lower() in suffixes)
         elif any(c in pat for c in "*?["):
             out += [Path(m) for m in sorted(glob.glob(str(p), recursive=True)) if Path(m).is_file()]
         else:
@@ -268,9 +272,13 @@ def _check_paths(recipe: Recipe, base: Path, where: str) -> None:
             if any(c in pat for c in "*?[") and not resolve_paths([pat], base):
                 raise RecipeError(f"{where}: sources.{i}: pattern {pat!r} matches no file (relative to {base})")
         if s.kind == "dataset":
-            missing = [str(p) for p in resolve_paths(s.inputs, base) if not p.exists()]
+            found = resolve_paths(s.inputs, base, DATA_SUFFIXES)
+            missing = [str(p) for p in found if not p.exists()]
             if missing:
                 raise RecipeError(f"{where}: sources.{i}.inputs: no such file(s): {', '.join(missing)}")
+            if not found:
+                raise RecipeError(f"{where}: sources.{i}.inputs: no data file ({', '.join(DATA_SUFFIXES)}) "
+                                  f"in {', '.join(s.inputs)}")
 
 
 def recipe_hash(recipe: Recipe) -> str:
