@@ -52,6 +52,9 @@ def build(
     typer.echo(f"{run.recipe.name}: {len(run.selected)} shards ({len(run.selected) - len(run.todo)} done), "
                f"{run.plan.planned} planned triplets, runner {kind}")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a first start migrates a fresh database: on a busy 2-core machine that takes more than
+    # Prefect's default 20 s, and the build would stop before its first shard
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from flows.build import build_flow, task_runner
 
     flow = build_flow.with_options(task_runner=task_runner(kind, workers, dask_address))

@@ -257,3 +257,21 @@ def test_shipped_demo_recipe_builds_offline(tmp_path):
     assert set(record["by_split"]) == {"train", "test"}
     assert record["datasets"]["nexus-gen-example"]["accepted"] > 0
     assert {"photos", "scenes"} <= {s["source"] for s in _samples(tmp_path / "demo")}
+
+
+def test_models_loaded_once_per_process(tmp_path, monkeypatch):
+    import nexus_gen.models.loaded as loaded
+    import nexus_gen.scoring.clip as clip_mod
+    import nexus_gen.scoring.dino as dino_mod
+
+    monkeypatch.setattr(loaded, "_MODELS", {})
+    calls = []
+    real_clip, real_dino = clip_mod.load_clip, dino_mod.load_dino
+    monkeypatch.setattr(clip_mod, "load_clip", lambda *a, **k: calls.append("clip") or real_clip(*a, **k))
+    monkeypatch.setattr(dino_mod, "load_dino", lambda *a, **k: calls.append("dino") or real_dino(*a, **k))
+    recipe = write_recipe(tmp_path, small_recipe(sources=[{"kind": "scenes", "count": 3, "size": 64}],
+                                                 edits={"add": 3}, shard_size=1, splits={"train": 1.0}))
+    record = build(recipe, tmp_path / "run")
+    assert record["shards"]["done"] == 3
+    assert sorted(calls) == ["clip", "dino"]
+    assert {k[0] for k in loaded.loaded_keys()} == {"clip", "dino"}

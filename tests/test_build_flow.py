@@ -85,7 +85,8 @@ def test_sigkill_then_same_command(reference, tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     cmd = [sys.executable, "-m", "flows.cli", "build", str(recipe), "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log = open(tmp_path / "first.log", "w+")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     n_shards = len(json.loads((loop / "run.json").read_text())["seconds"]["shards"])
     done = out / ".done"
@@ -95,9 +96,11 @@ def test_sigkill_then_same_command(reference, tmp_path):
             if done.is_dir() and len(list(done.iterdir())) >= 1:
                 break
             time.sleep(0.02)
+        assert proc.poll() is None, "the build ended before the kill:\n" + (tmp_path / "first.log").read_text()[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
+        log.close()
     finished = {p.name: p.stat().st_mtime_ns for p in done.iterdir()}
     assert 1 <= len(finished) < n_shards, "the kill must land mid-run"
     assert not (out / "run.json").exists()
