@@ -148,6 +148,9 @@ def test_auto_uses_each_edit_types_policy_and_a_rerun_replaces_the_selection(run
     assert sorted(_samples(out).id) == sorted(
         i for f in manifest["shards"] for i in pq.read_table(out / f["file"], columns=["id"])["id"].to_pylist())
     assert not (out / ".staging").exists()
+    _, again = _select(run, None, tmp_path / "again")  # same inputs, same bytes
+    assert json.loads((tmp_path / "again" / "manifest.json").read_text(encoding="utf-8")) == manifest
+    assert again == rep
 
 
 def test_a_policy_that_removes_everything_says_so(run, tmp_path):

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -120,7 +121,7 @@ def triplet_rows(run_dir: Path) -> tuple[pd.DataFrame, dict[str, int], int]:
                     passthrough[r["task"]] = passthrough.get(r["task"], 0) + 1
                     continue
                 meta = row_to_sample(r)["meta"]
-                tid = str(meta.get("triplet_id") or r["id"])
+                tid = _triplet_id(r["id"], meta)
                 fwd = meta.get("direction", "forward") == "forward"
                 if tid in rows and (tid in forward or not fwd):
                     continue
@@ -171,13 +172,14 @@ def decide(table: pd.DataFrame, policies: dict[str, FilterPolicy]) -> tuple[set[
 
 
 def select_run(run_dir: Union[str, Path], policy: Optional[Union[str, Path]] = None,
-               out_dir: Union[str, Path] = "", shard_bytes: int = DEFAULT_SHARD_BYTES) -> dict[str, Any]:
+               out_dir: Optional[Union[str, Path]] = None,
+               shard_bytes: int = DEFAULT_SHARD_BYTES) -> dict[str, Any]:
     """Select from the finished build `run_dir` into `out_dir` (see module doc). `policy`: None
     or "auto" (the recipe's filter_policy), a built-in policy name or a policy file, used for
     every edit type. Returns the report (also `out_dir/selection.json`)."""
-    run, out = Path(run_dir), Path(out_dir)
-    if not str(out_dir):
+    if out_dir is None or str(out_dir) == "":
         raise SelectError("give --out, the folder for the selection")
+    run, out = Path(run_dir), Path(out_dir)
     record, stored = check_run(run)
     check_out(out, run)
     try:
@@ -220,7 +222,7 @@ def _write(run: Path, out: Path, kept: set[str], shard_bytes: int, rhash: Option
     writers: dict[str, ShardWriter] = {}
     counts = {"out": 0, "editing_out": 0}
     by_split: dict[str, int] = {}
-    try:
+    with ExitStack() as stack:  # an error leaves no half shard (ShardWriter.__exit__)
         for entry in read_manifest(run / DATA_DIR)["shards"]:
             split = entry.get("split") or entry["file"].split("-")[0]
             if split not in SPLIT_NAMES:
@@ -232,19 +234,14 @@ def _write(run: Path, out: Path, kept: set[str], shard_bytes: int, rhash: Option
                 if not any(keep):
                     continue
                 if split not in writers:
-                    writers[split] = ShardWriter(staging / split, shard_bytes=shard_bytes, prefix=split)
+                    writers[split] = stack.enter_context(
+                        ShardWriter(staging / split, shard_bytes=shard_bytes, prefix=split))
                 for row in batch.filter(pa.array(keep)).to_pylist():
                     writers[split].write(row_to_sample(row))
                     counts["out"] += 1
                     counts["editing_out"] += row["task"] == "editing"
                     by_split[split] = by_split.get(split, 0) + 1
-        entries = []
-        for split, w in writers.items():
-            entries += [{**s, "split": split} for s in w.close()["shards"]]
-    except BaseException:
-        for w in writers.values():
-            w.__exit__(RuntimeError, None, None)
-        raise
+    entries = [{**s, "split": split} for split, w in writers.items() for s in w.close()["shards"]]
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is not a finished selection until it is back
     for p in out.iterdir():
@@ -256,6 +253,9 @@ def _write(run: Path, out: Path, kept: set[str], shard_bytes: int, rhash: Option
     return {"samples": counts, "by_split": by_split, "shards": len(entries)}
 
 
-def _triplet_id(sample_id: str, meta_text: Optional[str]) -> str:
-    meta = row_to_sample({"meta": meta_text})["meta"]
+def _triplet_id(sample_id: str, meta: Union[str, dict[str, Any], None]) -> str:
+    """The triplet a sample belongs to (meta as stored JSON text or decoded): its own id if
+    the meta names none."""
+    if not isinstance(meta, dict):
+        meta = row_to_sample({"meta": meta})["meta"]
     return str(meta.get("triplet_id") or sample_id)
