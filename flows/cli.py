@@ -23,6 +23,7 @@ cli_scoring.register(app)
 app.add_typer(cli_scenes.app, name="scenes")
 app.add_typer(cli_eval.app, name="eval")
 cli_eval.register_report(app)
+from flows import cli_select; cli_select.register(app)  # noqa: E402,E702  (one line: cli.py is shared)
 
 
 def main() -> None:

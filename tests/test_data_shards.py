@@ -338,3 +338,31 @@ def test_rejects_file_is_in_place_before_the_manifest(many, tmp_path, monkeypatc
     monkeypatch.setattr(os, "replace", spy)
     convert("nexus-gen-jsonl", many, tmp_path / "o", "--images-root", many.parent / "imgs")
     assert order.index("rejects.jsonl") < order.index("manifest.json") == len(order) - 1
+
+
+def test_a_writer_names_its_shards_by_split_and_builds_own_every_split_name(many, tmp_path):
+    """`prefix` names the shards by split (`test-NNNNN.parquet`, as `datasets` reads splits from
+    file names); every split name counts as a build shard (a rewrite replaces them), a downloaded
+    `test-00000-of-00001.parquet` or an unknown split does not."""
+    from nexus_gen.data.shards import is_build_shard
+
+    for name in ("train-00000.parquet", "validation-00012.parquet", "test-00003.parquet",
+                 "shard-00000.parquet"):
+        assert is_build_shard(name), name
+    assert is_build_shard(".test-00001.parquet.tmp", temporary=True)
+    for name in ("test-00000-of-00001.parquet", "dev-00000.parquet", "testing-00000.parquet",
+                 "test-0000.parquet", ".test-00001.parquet.tmp"):
+        assert not is_build_shard(name), name
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "test-00007.parquet").write_bytes(b"an earlier build")
+    convert("nexus-gen-jsonl", many, tmp_path / "c", "--images-root", many.parent / "imgs")
+    rows = list(iter_samples(tmp_path / "c"))
+    with ShardWriter(out, prefix="test") as w:
+        for r in rows:
+            w.write(r)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test-00000.parquet"]
+    assert read_manifest(out)["shards"][0]["file"] == "test-00000.parquet"
+    assert [r["id"] for r in iter_samples(out)] == [r["id"] for r in rows]
+    with pytest.raises(ValueError, match="prefix"):
+        ShardWriter(tmp_path / "x", prefix="dev")

@@ -37,9 +37,10 @@ COLUMN_COMPRESSION = {"id": "snappy", "source": "snappy", "task": "snappy", "lan
 # of a folder, so `load_dataset("parquet", data_dir=OUT)` reads the shards and skips
 # manifest.json and rejects.jsonl beside them
 SHARD_PREFIX = "train"
+SPLIT_NAMES = ("train", "validation", "test")  # the split prefixes a writer may name its shards by
 # exactly the names a build writes (and `shard-NNNNN` of builds before the split-named shards):
 # a file downloaded as `train-00000-of-00001.parquet` is not ours to replace
-_BUILD_SHARD = re.compile(r"(?:train|shard)-\d{5}\.parquet")
+_BUILD_SHARD = re.compile(r"(?:train|validation|test|shard)-\d{5}\.parquet")
 
 
 def is_build_shard(name: str, temporary: bool = False) -> bool:
@@ -159,7 +160,8 @@ def sample_to_row(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 class ShardWriter:
-    """Streams samples into `out_dir/train-NNNNN.parquet` files of about `shard_bytes` each.
+    """Streams samples into `out_dir/train-NNNNN.parquet` files of about `shard_bytes` each
+    (`prefix` names them by another split, e.g. `test-NNNNN.parquet`, one of `SPLIT_NAMES`).
 
     Rows are buffered up to `row_group_bytes`, built into an arrow table on the caller's thread,
     then written as one row group by a background thread (native code, no GIL) while the next
@@ -172,10 +174,13 @@ class ShardWriter:
 
     def __init__(self, out_dir: Union[str, Path], shard_bytes: int = DEFAULT_SHARD_BYTES,
                  row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES, extra_manifest: Optional[dict] = None,
-                 fsync: bool = False):
+                 fsync: bool = False, prefix: str = SHARD_PREFIX):
         if shard_bytes <= 0 or row_group_bytes <= 0:
             raise ValueError(f"shard size and row group size must be positive "
                              f"(got {shard_bytes}, {row_group_bytes})")
+        if prefix not in SPLIT_NAMES:
+            raise ValueError(f"shard prefix {prefix!r} is not a split name; use one of {', '.join(SPLIT_NAMES)}")
+        self.prefix = prefix
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.shard_bytes = shard_bytes
@@ -204,7 +209,7 @@ class ShardWriter:
 
     def _open_shard(self) -> None:
         idx = len(self.shards)
-        self._final = self.out_dir / f"{SHARD_PREFIX}-{idx:05d}.parquet"
+        self._final = self.out_dir / f"{self.prefix}-{idx:05d}.parquet"
         self._tmp = self.out_dir / f".{self._final.name}.tmp"
         self._file = _ShardFile(self._tmp, fsync=self.fsync)
         self._writer = pq.ParquetWriter(
