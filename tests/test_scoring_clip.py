@@ -15,7 +15,7 @@ from PIL import Image
 from nexus_gen.scoring.clip import ModelUnavailableError, load_clip, resolve_clip_spec
 from nexus_gen.scoring.dino import dino_transform, load_dino
 from nexus_gen.scoring.embedding_cache import EmbeddingCache
-from nexus_gen.scoring.images import ImageLoadError
+from nexus_gen.scoring.image_inputs import ImageLoadError
 from nexus_gen.scoring.zeroshot import zeroshot_classifier, zeroshot_logits
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import nexus_gen.scoring.edit_scorer as edit_scorer
-import nexus_gen.scoring.images as images
+import nexus_gen.scoring.image_inputs as image_inputs
 import nexus_gen.scoring.pixels as pixels
 from nexus_gen.data.shards import ShardWriter
 from nexus_gen.scoring import metrics as M
@@ -22,7 +22,7 @@ from nexus_gen.scoring.dino import load_dino
 from nexus_gen.scoring.edit_scorer import EditScorer, EditTriplet
 from nexus_gen.scoring.embedding_cache import EmbeddingCache
 from nexus_gen.scoring.image_encoder import ImageJob
-from nexus_gen.scoring.images import ImageLoadError
+from nexus_gen.scoring.image_inputs import ImageLoadError
 from nexus_gen.scoring.pixels import PixelPairs, pixel_scores
 from nexus_gen.scoring.shard_scores import score_shards
 
@@ -74,7 +74,7 @@ class IOCounter:
     def __init__(self, monkeypatch):
         self.reads: Counter = Counter()
         self.decodes: Counter = Counter()
-        read_bytes, decode = Path.read_bytes, images.decode_image
+        read_bytes, decode = Path.read_bytes, image_inputs.decode_image
 
         def counting_read(path):
             self.reads[str(path)] += 1
@@ -85,7 +85,7 @@ class IOCounter:
             return decode(data, name, *args, **kwargs)
 
         monkeypatch.setattr(Path, "read_bytes", counting_read)
-        monkeypatch.setattr(images, "decode_image", counting_decode)
+        monkeypatch.setattr(image_inputs, "decode_image", counting_decode)
 
 
 def _expected(clip, dino, ts: list[EditTriplet], which=("l1",)) -> list[dict]:

@@ -26,7 +26,7 @@ from nexus_gen.scoring import metrics as M
 from nexus_gen.scoring.clip import ClipEncoder
 from nexus_gen.scoring.dino import DinoEncoder
 from nexus_gen.scoring.image_encoder import ImageEmbeddings, ImageJob
-from nexus_gen.scoring.images import ImageInput
+from nexus_gen.scoring.image_inputs import ImageInput
 from nexus_gen.scoring.pixels import PixelPairs
 from nexus_gen.scoring.prefetch import default_workers
 

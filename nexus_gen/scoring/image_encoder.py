@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
-from nexus_gen.scoring.images import ImageInput, ImageLoadError, describe, read_input, to_rgb
+from nexus_gen.scoring.image_inputs import ImageInput, ImageLoadError, describe, read_input, to_rgb
 from nexus_gen.scoring.prefetch import OrderedPrefetcher, default_workers, worker_pool
 
 log = logging.getLogger(__name__)

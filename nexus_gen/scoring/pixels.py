@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from nexus_gen.scoring import metrics
-from nexus_gen.scoring.images import ImageInput, ImageLoadError, describe, load_rgb
+from nexus_gen.scoring.image_inputs import ImageInput, ImageLoadError, describe, load_rgb
 
 
 def to_unit(image: Image.Image) -> np.ndarray:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from nexus_gen.scoring.clip import ClipEncoder
-from nexus_gen.scoring.images import ImageInput
+from nexus_gen.scoring.image_inputs import ImageInput
 
 LOGIT_SCALE = 100.0  # fixed, the model's own logit_scale is not used
 
