@@ -176,17 +176,17 @@ def test_flow_checks_a_bad_config_before_any_work(prefect_harness, tmp_path, mon
 
 
 def test_check_resolves_the_detector_by_the_resolver_without_building(tmp_path, monkeypatch):
-    from eval.geneval import detect
+    from eval.geneval import mask2former
 
     monkeypatch.setenv("NEXUS_GEN_CACHE", str(tmp_path / "cache"))
-    assert detect.resolve_detector("tiny", build=False) is None
-    assert detect.resolve_detector("default", build=False) == detect.PAPER_DETECTOR
+    assert mask2former.resolve_detector("tiny", build=False) is None
+    assert mask2former.resolve_detector("default", build=False) == mask2former.PAPER_DETECTOR
     # `tiny` is built on first use, never by a check
     plan = geneval_run.check(GenEvalConfig(generator="noise", out=tmp_path / "x", limit=1,
                                            detector="tiny", clip="tiny"))
     assert plan.detector == "tiny" and not (tmp_path / "cache").exists()
     # every other name is checked as the source the resolver gives
-    monkeypatch.setattr(detect, "resolve_detector", lambda name, build=True: "nobody/not-cached")
+    monkeypatch.setattr(mask2former, "resolve_detector", lambda name, build=True: "nobody/not-cached")
     with pytest.raises(ValueError, match="detector 'nobody/not-cached' is not in the local"):
         geneval_run.check(GenEvalConfig(generator="noise", out=tmp_path / "x", limit=1,
                                         detector="paper", clip="tiny"))

@@ -264,7 +264,7 @@ def test_score_folder_rejects_empty_and_needs_colours(tmp_path):
 def test_score_folder_with_tiny_mask2former(tmp_path):
     from skimage import data
 
-    from eval.geneval.detect import load_detector
+    from eval.geneval.mask2former import load_detector
 
     detector = load_detector("tiny")
     out = tmp_path / "gen"

@@ -173,7 +173,7 @@ def check(config: GenEvalConfig) -> Plan:
         if detector == SCENES_DETECTOR:
             raise ValueError(f"detector {SCENES_DETECTOR!r} knows only the scenes shapes: use "
                              f"`nexus-gen eval geneval-scenes`")
-        from eval.geneval.detect import resolve_detector
+        from eval.geneval.mask2former import resolve_detector
 
         source = resolve_detector(detector, build=False)
         if source is not None:  # None: `tiny`, built locally on first use
@@ -299,7 +299,7 @@ def score_step(plan: Plan) -> dict[str, Any]:
     if plan.detector == SCENES_DETECTOR:
         detector, model_id = _scenes_detector(), "nexus_gen.scenes.detect (pixel detector, no weights)"
     else:
-        from eval.geneval.detect import load_detector
+        from eval.geneval.mask2former import load_detector
 
         detector = load_detector(plan.detector, device=c.device)
         model_id = detector.model_id

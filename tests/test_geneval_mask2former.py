@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage import data
 
-from eval.geneval.detect import load_detector, mask_to_box, object_names
+from eval.geneval.mask2former import load_detector, mask_to_box, object_names
 
 
 @pytest.fixture(scope="module")
