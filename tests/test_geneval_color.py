@@ -10,7 +10,7 @@ from PIL import Image
 
 from eval.geneval.color import ColorClassifier, color_prompts, object_crop
 from eval.geneval.rules import COLORS
-from nexus_gen.scoring.detection import Detection
+from nexus_gen.detection import Detection
 
 
 def test_prompts_are_the_official_templates():

@@ -11,7 +11,7 @@ from eval.geneval.rules import (
     COLORS, ScoringOptions, box_iou, evaluate, judge, keep_detections, relative_position,
     result_row, validate_metadata,
 )
-from nexus_gen.scoring.detection import Detection
+from nexus_gen.detection import Detection
 
 PROMPTS = Path(__file__).resolve().parents[1] / "eval" / "geneval" / "prompts"
 

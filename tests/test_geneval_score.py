@@ -12,7 +12,7 @@ from PIL import Image
 from eval.geneval.layout import sample_path, write_metadata
 from eval.geneval.rules import ScoringOptions
 from eval.geneval.score import rescore_file, score_folder, summarize
-from nexus_gen.scoring.detection import Detection
+from nexus_gen.detection import Detection
 
 DOG = {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"}
 TWO_CLOCKS = {"tag": "counting", "include": [{"class": "clock", "count": 2}],

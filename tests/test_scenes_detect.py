@@ -6,11 +6,11 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from nexus_gen.detection import Detection
 from nexus_gen.scenes import Background, Scene, SceneObject, random_scene
 from nexus_gen.scenes.detect import classify_shape, detect
 from nexus_gen.scenes.render import render
 from nexus_gen.scenes.shapes import ASPECT, SHAPES, template
-from nexus_gen.scoring.detection import Detection
 
 
 def _match(obj, dets, tol=2.0):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from eval.geneval.rules import COLORS
-from nexus_gen.scoring.detection import Detection
+from nexus_gen.detection import Detection
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping
 
 from eval.geneval.rules import COLORS, validate_metadata
 from nexus_gen.data.records import read_jsonl_records
-from nexus_gen.scoring.detection import Detection, Detections
+from nexus_gen.detection import Detection, Detections
 
 log = logging.getLogger(__name__)
 

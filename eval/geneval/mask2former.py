@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from eval.geneval.rules import PAPER_DETECTOR, PAPER_NAMES  # noqa: F401  (PAPER_DETECTOR: re-exported)
+from nexus_gen.detection import Detection
 from nexus_gen.models.cache import build_once
-from nexus_gen.scoring.detection import Detection
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
-from nexus_gen.scoring.detection import Detection, Detections
-from nexus_gen.scoring.position import POSITION_THRESHOLD, RELATIONS, relative_position
+from nexus_gen.detection import (POSITION_THRESHOLD, RELATIONS, Detection, Detections,
+                                 relative_position)
 
 COLORS: tuple[str, ...] = (
     "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",

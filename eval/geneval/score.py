@@ -22,7 +22,7 @@ from eval.geneval.detections_file import (
 from eval.geneval.layout import iter_images
 from eval.geneval.rules import ColorFn, ScoringOptions, judge, keep_detections, result_row
 from nexus_gen.data.images import decode_image
-from nexus_gen.scoring.detection import Detection, group_by_label
+from nexus_gen.detection import Detection, group_by_label
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from nexus_gen.detection import Detection
 from nexus_gen.scenes.palette import COLOR_RGB, COLORS, FG_CHROMA, FG_DARK, FG_LIGHT
 from nexus_gen.scenes.shapes import ASPECT, SHAPES, template
-from nexus_gen.scoring.detection import Detection
 
 _PALETTE = np.array([COLOR_RGB[c] for c in COLORS], dtype=np.float32)
 MAX_COLOR_DISTANCE = 90.0  # object pixels farther than this from every palette colour are unlabelled

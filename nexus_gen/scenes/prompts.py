@@ -14,8 +14,8 @@ from typing import Any, Optional, Union
 
 from PIL import Image
 
+from nexus_gen.detection import RELATIONS, relative_position
 from nexus_gen.scenes.palette import COLORS
-from nexus_gen.scenes.position import RELATIONS, relations
 from nexus_gen.scenes.render import RenderResult, render
 from nexus_gen.scenes.scene import Scene, SceneObject, place, random_background
 from nexus_gen.scenes.shapes import PLURALS, SHAPES
@@ -137,7 +137,7 @@ def _satisfied(metadata: dict[str, Any], res: RenderResult, groups: list[list[in
         rel, j = c["position"]
         for a in groups[i]:
             for b in groups[j]:
-                if rel not in relations(res.objects[a].box, res.objects[b].box):
+                if rel not in relative_position(res.objects[a].box, res.objects[b].box):
                     return False
     return all(not o.occluded for o in res.objects)
 

@@ -8,8 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from nexus_gen.detection import RELATIONS, relative_position
 from nexus_gen.scenes.palette import COLORS
-from nexus_gen.scenes.position import RELATIONS, relations
 from nexus_gen.scenes.render import Size, render
 from nexus_gen.scenes.scene import Scene
 from nexus_gen.scenes.shapes import PLURALS, SHAPES
@@ -144,7 +144,7 @@ def position_questions(scene: Scene, boxes: Sequence[tuple[float, float, float, 
     rng.shuffle(pairs)
     out = []
     for a, b in pairs:
-        rels = relations(boxes[a], boxes[b])
+        rels = relative_position(boxes[a], boxes[b])
         if len(rels) != 1:
             continue
         rel = rels.pop()

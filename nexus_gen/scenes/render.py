@@ -12,9 +12,9 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
+from nexus_gen.detection import Detection
 from nexus_gen.scenes.palette import BACKGROUND_RGB, COLOR_RGB, TEXTURE_AMPLITUDE
 from nexus_gen.scenes.scene import Background, Scene, SceneObject, random_scene  # noqa: F401
-from nexus_gen.scoring.detection import Detection
 
 Size = Union[int, tuple[int, int]]
 
