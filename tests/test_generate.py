@@ -85,7 +85,7 @@ def test_noise_is_seeded_uniform_pixels():
 
 
 def test_generator_names_are_checked(tmp_path):
-    from nexus_gen.models.tiny_diffusers import tiny_sd_dir
+    from nexus_gen.models.tiny import tiny_sd_dir
 
     assert check_generator_name("tiny") == "named"
     assert check_generator_name(str(tiny_sd_dir())) == "local"

@@ -138,7 +138,7 @@ TINY_MODEL_ID = "tiny-sd (random init, nexus-gen tiny profile)"
 
 
 def _tiny(spec: GeneratorSpec) -> Generator:
-    from nexus_gen.models.tiny_diffusers import tiny_sd_dir
+    from nexus_gen.models.tiny import tiny_sd_dir
 
     # One thread: kernels this small gain nothing from more, and lose a lot on a busy CPU.
     return DiffusersGenerator(tiny_sd_dir(), model_id=TINY_MODEL_ID,

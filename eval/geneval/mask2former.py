@@ -19,39 +19,18 @@ from PIL import Image, ImageOps
 
 from eval.geneval.rules import PAPER_DETECTOR, PAPER_NAMES  # noqa: F401  (PAPER_DETECTOR: re-exported)
 from nexus_gen.detection import Detection
-from nexus_gen.models.cache import build_once
+from nexus_gen.models.tiny import TINY_MASK2FORMER_NAME, tiny_mask2former_dir
 
 log = logging.getLogger(__name__)
 
 # The official (mmdet) test scale: keep-ratio resize to short side 800, long side at most 1333.
 OFFICIAL_TEST_SIZE = {"shortest_edge": 800, "longest_edge": 1333}
-TINY_NAME = "geneval-mask2former-tiny"
 OBJECT_NAMES_FILE = Path(__file__).resolve().parent / "prompts" / "object_names.txt"
 
 
 def object_names() -> list[str]:
     """The official 80 class names, in the COCO detector's label order."""
     return OBJECT_NAMES_FILE.read_text(encoding="utf-8").splitlines()
-
-
-def _build_tiny(target: Path) -> None:
-    """A small random-init Mask2Former (seed 0) with COCO's 80 labels, saved like a hub model."""
-    from transformers import (Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
-                              Mask2FormerImageProcessor, SwinConfig)
-
-    names = object_names()
-    backbone = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4,
-                          image_size=64, out_features=["stage1", "stage2", "stage3", "stage4"])
-    config = Mask2FormerConfig(
-        backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32,
-        encoder_feedforward_dim=64, encoder_layers=1, decoder_layers=2, num_attention_heads=2,
-        dim_feedforward=64, num_queries=20, num_labels=len(names),
-        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
-    )
-    torch.manual_seed(0)
-    model = Mask2FormerForUniversalSegmentation(config).eval()
-    model.save_pretrained(target, safe_serialization=True)
-    Mask2FormerImageProcessor(size={"shortest_edge": 128, "longest_edge": 256}).save_pretrained(target)
 
 
 def resolve_detector(name: str, build: bool = True) -> Optional[str]:
@@ -61,7 +40,7 @@ def resolve_detector(name: str, build: bool = True) -> Optional[str]:
     if name in PAPER_NAMES:
         return PAPER_DETECTOR
     if name == "tiny":
-        return str(build_once(TINY_NAME, _build_tiny)) if build else None
+        return str(tiny_mask2former_dir(object_names())) if build else None
     return name
 
 
@@ -93,7 +72,7 @@ class Mask2FormerDetector:
                           "folder, a cached hub id, or 'tiny' for the offline random model.") from e
         self.model.to(device).eval()
         self.device, self.dtype = torch.device(device), dtype
-        self.model_id = source if name != "tiny" else f"tiny:{TINY_NAME}"
+        self.model_id = source if name != "tiny" else f"tiny:{TINY_MASK2FORMER_NAME}"
         self.max_per_image = max_per_image
         self.size = size if size is not None else (
             OFFICIAL_TEST_SIZE if name in PAPER_NAMES else None)

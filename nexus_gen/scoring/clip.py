@@ -53,7 +53,7 @@ def resolve_clip_spec(spec: str) -> ClipSpec:
         raise ValueError(f"CLIP spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
     if spec == "tiny":
-        from nexus_gen.scoring.tiny_models import tiny_clip_dir
+        from nexus_gen.models.tiny import tiny_clip_dir
 
         return ClipSpec("local-dir", f"local-dir:{tiny_clip_dir()}", None)
     spec = expand_profile(spec)

@@ -77,7 +77,7 @@ def load_dino(spec: str = "paper", *, device: Union[str, torch.device] = "cpu",
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if spec == "tiny":
-        from nexus_gen.scoring.tiny_models import tiny_dino_dir
+        from nexus_gen.models.tiny import tiny_dino_dir
 
         source = tiny_dino_dir()
         model_id = f"dino-tiny@sha256:{_weights_id(source)}"
