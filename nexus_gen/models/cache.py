@@ -5,12 +5,13 @@ first use, then everything loads them through the ordinary `from_pretrained` pat
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+from filelock import FileLock
 
 
 def cache_root() -> Path:
@@ -31,14 +32,14 @@ def _isolated_rng():
 def build_once(name: str, builder: Callable[[Path], None]) -> Path:
     """Return `cache_root()/tiny/<name>`, calling `builder(tmp_dir)` to create it if absent.
 
-    The builder writes into a temporary directory that is renamed into place, under a file lock,
-    so concurrent processes never see a half-built model."""
+    The builder writes into a temporary directory that is renamed into place, under a file lock
+    (`filelock`: `flock` where the OS has it, a lock file elsewhere), so concurrent processes
+    build it once and never see a half-built model."""
     target = cache_root() / "tiny" / name
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(str(target.parent / f".{name}.lock")):
         if (target / ".complete").exists():
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
