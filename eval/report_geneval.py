@@ -74,7 +74,20 @@ def _comparable(config: dict[str, Any]) -> list[str]:
     clip = config.get("classifier", {}).get("name")
     if config.get("benchmark") == "geneval" and clip is not None and not _official_clip(clip):
         why.append(f"colour classifier `{clip}` is not the official CLIP ViT-L/14 (OpenAI weights)")
+    if config.get("benchmark") == "geneval" and clip is not None:
+        precision, device = _colour_precision(config)
+        if precision != "amp" or not device.startswith("cuda"):
+            why.append(f"colours were classified in {precision} on {device}, not the official "
+                       "fp16 autocast (amp) on CUDA: near-tie colours can differ")
     return why
+
+
+def _colour_precision(config: dict[str, Any]) -> tuple[str, str]:
+    """(precision, device) of the run's CLIP colour classification; runs recorded before the
+    precision was ran in fp32."""
+    clf = config.get("classifier", {})
+    device = clf.get("device") or config.get("generator", {}).get("device") or "cpu"
+    return str(clf.get("precision") or "fp32"), str(device)
 
 
 def _official_clip(spec: str) -> bool:
@@ -183,7 +196,9 @@ def build_geneval_report(run_dir: Path) -> Report:
     first = next(iter(seeds.items()), None)
     setup = Section("Configuration", text=[
         f"Detector: `{config.get('detector', {}).get('model_id') or config.get('detector', {}).get('name')}`; "
-        f"colour classifier: `{config.get('classifier', {}).get('model_id') or config.get('classifier', {}).get('name')}`.",
+        f"colour classifier: `{config.get('classifier', {}).get('model_id') or config.get('classifier', {}).get('name')}`"
+        + (" in {} on {}.".format(*_colour_precision(config))
+           if config.get("benchmark") == "geneval" else "."),
         f"Seeds: base seed {config.get('base_seed')}, one seed per image "
         f"(`{gen.get('seed_rule', 'see generation.json')}`), all listed in `generation.json`"
         + (f"; e.g. prompt {first[0]}: {first[1]}." if first else "."),

@@ -53,6 +53,9 @@ _DTYPE = typer.Option("float32")
 _STEPS = typer.Option(None, help="inference steps (diffusers)")
 _GUIDANCE = typer.Option(None, help="guidance scale (diffusers)")
 _SIZE = typer.Option(None, help="image size in pixels")
+_PRECISION = typer.Option(
+    None, help="colour classifier precision: `amp` (fp16 autocast, the official; default on CUDA) or "
+         "`fp32` (default elsewhere)")
 
 
 def _run_benchmark(benchmark: str, params: dict[str, Any]) -> None:
@@ -83,6 +86,7 @@ def geneval(
     guidance: Optional[float] = _GUIDANCE, size: Optional[int] = _SIZE,
     detector: str = typer.Option("paper", help="`paper` (Mask2Former Swin-S COCO), `tiny`, hub id, folder"),
     clip: str = typer.Option("paper", help="colour classifier CLIP (`paper` = ViT-L-14 openai)"),
+    precision: Optional[str] = _PRECISION,
     prompts: Optional[Path] = typer.Option(None, help="a prompt file instead of the official one"),
     threshold: float = _THRESHOLD, counting_threshold: float = _COUNTING,
     max_objects: int = _MAX_OBJECTS, nms_threshold: float = _NMS,
@@ -117,7 +121,7 @@ def geneval_score(
     max_objects: int = _MAX_OBJECTS, nms_threshold: float = _NMS,
     position_threshold: float = _POSITION,
     clip: str = typer.Option("paper", help="CLIP for colours the file does not store"),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu"), precision: Optional[str] = _PRECISION,
 ) -> None:
     """Re-score a detections file with other options, without a detector; prints the summary."""
     given, _ = _split_options(ctx.params)
@@ -127,7 +131,11 @@ def geneval_score(
         options = ScoringOptions.from_mapping(given)
         if not detections.is_file():
             raise FileNotFoundError(f"detections file {detections} does not exist")
-        summary = rescore_file(detections, out, options, clip=clip, device=device)
+        from eval.geneval.color import resolve_precision
+
+        precision = resolve_precision(precision, device)
+        summary = rescore_file(detections, out, options, clip=clip, device=device,
+                               precision=precision)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     typer.echo(json.dumps(summary))

@@ -86,12 +86,13 @@ def _benchmark_flow(benchmark: str, default_detector: str, description: str) -> 
                           dtype: str = "float32", steps: Optional[int] = None,
                           guidance: Optional[float] = None, size: Optional[int] = None,
                           detector: str = default_detector, clip: str = "paper",
-                          prompts: Optional[str] = None,
+                          precision: Optional[str] = None, prompts: Optional[str] = None,
                           options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         return _run(check(GenEvalConfig.from_params(
             benchmark, generator=generator, out=out, limit=limit, n_images=n_images, seed=seed,
             batch_size=batch_size, device=device, dtype=dtype, steps=steps, guidance=guidance,
-            size=size, detector=detector, clip=clip, prompts=prompts, options=options)))
+            size=size, detector=detector, clip=clip, precision=precision, prompts=prompts,
+            options=options)))
 
     return geneval_benchmark
 
@@ -101,8 +102,8 @@ geneval_flow = _benchmark_flow(
 geneval_scenes_flow = _benchmark_flow(
     "geneval-scenes", SCENES_DETECTOR,
     "GenEval-scenes, fully offline: scenes prompts, any generator (`ground-truth`, `noise`, `tiny`, "
-    "a diffusers pipeline), the pixel detector (the only `detector`; `clip` is unused), the same "
-    "scorer and report.")
+    "a diffusers pipeline), the pixel detector (the only `detector`; `clip` is unused, `precision` "
+    "stays unset: colours come from the detector), the same scorer and report.")
 
 
 @flow(log_prints=False)

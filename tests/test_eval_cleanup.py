@@ -211,7 +211,7 @@ def test_both_benchmarks_share_one_parameter_list():
         return {p.name: (p.default, p.help) for p in cmd.params if p.name != "prompts"}
 
     gen, scenes = options("geneval"), options("geneval-scenes")
-    assert set(gen) - set(scenes) == {"detector", "clip"} and set(scenes) <= set(gen)
+    assert set(gen) - set(scenes) == {"detector", "clip", "precision"} and set(scenes) <= set(gen)
     assert all(gen[k] == scenes[k] for k in scenes)
     assert gen["n_images"][0] == 4 and gen["threshold"][0] == 0.3 and gen["detector"][0] == "paper"
     flow_params = [f.parameters.properties for f in (geneval_flow, geneval_scenes_flow)]
@@ -223,14 +223,32 @@ def test_both_benchmarks_share_one_parameter_list():
 def test_report_compares_only_the_official_colour_classifier():
     base = {"benchmark": "geneval", "prompt_set": {"name": "geneval", "n_used": 553, "n_total": 553},
             "detector": {"name": "paper"}}
+    official = {"precision": "amp", "device": "cuda"}
     for clip in ("paper", "ViT-L-14:openai", "ViT-L-14-quickgelu:openai"):
-        assert _comparable({**base, "classifier": {"name": clip}}) == [], clip
+        assert _comparable({**base, "classifier": {"name": clip, **official}}) == [], clip
     for clip in ("tiny", "small", "ViT-B-32:openai", "ViT-L-14:laion2b_s32b_b82k", "ViT-L-14:random"):
-        why = _comparable({**base, "classifier": {"name": clip}})
+        why = _comparable({**base, "classifier": {"name": clip, **official}})
         assert len(why) == 1 and "colour classifier" in why[0], clip
     # scenes runs classify colours with the detector: no CLIP to compare
     assert all("colour" not in w for w in _comparable({**base, "benchmark": "geneval-scenes",
                                                         "classifier": {"name": "tiny"}}))
+
+
+def test_report_compares_only_colours_classified_with_amp_on_cuda():
+    base = {"benchmark": "geneval", "prompt_set": {"name": "geneval", "n_used": 553, "n_total": 553},
+            "detector": {"name": "paper"}}
+    assert _comparable({**base, "classifier": {"name": "paper", "precision": "amp",
+                                               "device": "cuda:1"}}) == []
+    for clf, said in ((dict(precision="fp32", device="cuda"), "fp32 on cuda"),
+                      (dict(precision="fp32", device="cpu"), "fp32 on cpu"),
+                      (dict(precision="amp", device="cpu"), "amp on cpu"),
+                      ({}, "fp32 on cpu")):  # recorded before the precision was: fp32
+        why = _comparable({**base, "classifier": {"name": "paper", **clf}})
+        assert len(why) == 1 and said in why[0] and "fp16 autocast (amp) on CUDA" in why[0], clf
+    # scenes runs take colours from the detector: no precision to compare
+    assert _comparable({**base, "benchmark": "geneval-scenes", "prompt_set": {"name": "scenes"},
+                        "classifier": {"name": "detector colours (scenes palette)"}}) == \
+        ["prompt set `scenes` is not the official GenEval prompt set"]
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", "\udcff"])

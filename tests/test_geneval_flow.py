@@ -41,6 +41,8 @@ def test_run_directory_holds_everything(run_dir):
     assert cfg["generation"]["seeds"][f"{indices[1]:05d}"] == json.loads(
         (run_dir / "generation.json").read_text())["seeds"][f"{indices[1]:05d}"]
     assert cfg["detector"]["name"] == "tiny" and "tiny" in cfg["detector"]["model_id"]
+    # a CPU run classifies colours in fp32 (the official amp needs CUDA), and says so
+    assert cfg["classifier"] == {"name": "tiny", "precision": "fp32", "device": "cpu"}
     assert cfg["options"] == ScoringOptions().to_dict()
     assert cfg["prompt_set"]["name"] == "geneval" and cfg["prompt_set"]["n_total"] == 553
     assert {"torch", "diffusers", "transformers"} <= set(cfg["versions"])
@@ -50,9 +52,10 @@ def test_run_directory_holds_everything(run_dir):
     assert all(isinstance(r["metadata"], str) and isinstance(r["details"], str) for r in rows)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["n_images"] == 12 and summary["n_prompts"] == 6
-    assert set(TAGS) <= set(summary)
+    assert set(TAGS) <= set(summary) and summary["color_precision"] == "fp32"
     html = (run_dir / "report.html").read_text()
     assert "tiny-sd" in html and "Nexus-Gen (V2)" in html and "<img" in html
+    assert "colours were classified in fp32 on cpu, not the official fp16 autocast" in html
     assert (run_dir / "report.md").is_file()
     from PIL import Image
 
@@ -79,12 +82,32 @@ def test_rerun_resumes_and_gives_the_same_bytes(run_dir, tmp_path):
     ({"n_images": 0}, "--n-images must be >= 1"),
     ({"device": "cuda:0"}, "CUDA is not available"),
     ({"clip": "no-such-clip"}, "--clip 'no-such-clip'"),
+    ({"precision": "amp"}, "--precision amp is the official fp16 autocast on CUDA"),
+    ({"precision": "bf16"}, "--precision 'bf16': use one of amp, fp32"),
+    ({"benchmark": "geneval-scenes", "generator": "ground-truth", "detector": None,
+      "precision": "fp32"}, "--precision does not apply"),
 ])
 def test_bad_config_fails_before_any_work(tmp_path, kw, message):
     out = tmp_path / "never"
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         run_geneval(_config(out, **kw))
     assert not out.exists()
+
+
+def test_a_resumed_run_keeps_the_precision_its_stored_colours_were_classified_in(run_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("config.json", "detections.jsonl"):
+        (out / name).write_bytes((run_dir / name).read_bytes())
+    assert check(_config(out, precision="fp32")).precision == "fp32"
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["classifier"]["precision"] = "amp"
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="classified in amp; this run asks for fp32"):
+        check(_config(out))
+    del cfg["classifier"]["precision"]  # a run recorded before the precision was: fp32
+    (out / "config.json").write_text(json.dumps(cfg))
+    assert check(_config(out)).precision == "fp32"
 
 
 def test_bad_prompt_line_is_named(tmp_path):
@@ -124,6 +147,11 @@ def test_rescore_command(run_dir, tmp_path):
     bad = runner.invoke(app, ["eval", "geneval-score", str(run_dir / "detections.jsonl"), "--out",
                               str(tmp_path / "r.jsonl"), "--threshold", "2"])
     assert bad.exit_code == 2 and "threshold=2.0" in bad.output
+    for precision, why in (("amp", "official fp16 autocast on CUDA"), ("bf16", "'bf16': use one of amp, fp32")):
+        bad = runner.invoke(app, ["eval", "geneval-score", str(run_dir / "detections.jsonl"), "--out",
+                                  str(tmp_path / "r.jsonl"), "--precision", precision])
+        assert bad.exit_code == 2 and why in bad.output and "Traceback" not in bad.output, bad.output
+    assert not (tmp_path / "r.jsonl").exists()
 
 
 def test_report_command(run_dir, tmp_path):

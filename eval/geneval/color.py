@@ -1,11 +1,19 @@
 """GenEval's colour classifier: each object is masked onto a `#999` background, cropped to its
 box and classified zero-shot by CLIP over the 10 GenEval colours with the 3 official templates
 (per colour: templates encoded, L2-normalised, averaged, renormalised; logits = 100 x normalised
-image embedding @ classifier; argmax). Always fp32; `paper` is ViT-L-14-quickgelu / openai."""
+image embedding @ classifier; argmax). `paper` is ViT-L-14-quickgelu / openai.
+
+Precision: the official script runs clip-benchmark's classifier build and classification with its
+default `amp=True`, i.e. under `torch.autocast` (fp16) on CUDA, over fp32 weights; near-tie
+colours can get another verdict in fp32. So `amp` (the default on CUDA) runs both steps under
+autocast, and `fp32` (the default elsewhere, and always available) runs them in full precision.
+The weights stay fp32 either way."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
-from typing import Sequence, Union
+from typing import ContextManager, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,6 +30,30 @@ TEMPLATES: tuple[str, ...] = (
     "a photo of a {c} object",
 )
 BACKGROUND = "#999"
+PRECISIONS: tuple[str, ...] = ("amp", "fp32")
+AMP_DTYPE = torch.float16  # what clip-benchmark's autocast gives on CUDA
+
+
+def default_precision(device: Union[str, torch.device]) -> str:
+    """The official precision where it can run: `amp` on CUDA, `fp32` elsewhere."""
+    return "amp" if torch.device(device).type == "cuda" else "fp32"
+
+
+def resolve_precision(precision: Optional[str], device: Union[str, torch.device]) -> str:
+    """`precision` checked against `device` (None: the device's default). `amp` is the official
+    fp16 autocast, which needs CUDA: asked for elsewhere it is an error, not a silent change."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {device!r} is not a torch device ({e})") from e
+    if precision is None:
+        return default_precision(dev)
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "amp" and dev.type != "cuda":
+        raise ValueError(f"--precision amp is the official fp16 autocast on CUDA; the device is "
+                         f"{dev.type!r}: use --precision fp32 (the default off CUDA)")
+    return precision
 
 
 def color_prompts(classname: str) -> list[list[str]]:
@@ -51,20 +83,43 @@ def object_crop(image: Image.Image, det: Detection, background: str = BACKGROUND
 class ColorClassifier:
     """A CLIP encoder plus one zero-shot colour classifier per object class (built on demand)."""
 
-    def __init__(self, encoder, background: str = BACKGROUND) -> None:
+    def __init__(self, encoder, background: str = BACKGROUND, precision: str = "fp32",
+                 amp_dtype: torch.dtype = AMP_DTYPE) -> None:
+        """`precision` `amp` runs the classifier build and the crops under
+        `torch.autocast(<encoder device>, amp_dtype)` (officially fp16 on CUDA), `fp32` without."""
         if getattr(encoder, "dtype", torch.float32) != torch.float32:
-            raise ValueError(f"GenEval colour classification runs in fp32; encoder "
-                             f"{encoder.model_id} is {encoder.dtype}")
+            raise ValueError(f"GenEval colour classification keeps fp32 weights (amp autocasts "
+                             f"over them); encoder {encoder.model_id} is {encoder.dtype}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"colour classifier precision {precision!r}: use one of {PRECISIONS}")
+        if precision == "amp":
+            # Autocast embeddings must never reach fp32 users of the same model through the
+            # shared embedding cache (keyed by model and weight dtype), nor the reverse.
+            from nexus_gen.scoring.embedding_cache import EmbeddingCache
+
+            encoder = copy.copy(encoder)
+            encoder.cache = EmbeddingCache()
         self.encoder = encoder
         self.background = background
+        self.precision = precision
+        self.amp_dtype = amp_dtype
         self._weights: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def load(cls, clip: str = "paper", device: Union[str, torch.device] = "cpu") -> "ColorClassifier":
-        """Load CLIP by profile or spec (`paper` = the official ViT-L-14 QuickGELU, `tiny`)."""
+    def load(cls, clip: str = "paper", device: Union[str, torch.device] = "cpu",
+             precision: Optional[str] = None) -> "ColorClassifier":
+        """Load CLIP by profile or spec (`paper` = the official ViT-L-14 QuickGELU, `tiny`);
+        `precision` None is the device's default (`amp` on CUDA, else `fp32`)."""
         from nexus_gen.scoring.clip import load_clip
 
-        return cls(load_clip(clip, device=device, dtype=torch.float32))
+        precision = resolve_precision(precision, device)
+        return cls(load_clip(clip, device=device, dtype=torch.float32), precision=precision)
+
+    def _autocast(self) -> ContextManager:
+        """The precision context both steps run in."""
+        if self.precision == "amp":
+            return torch.autocast(device_type=self.encoder.device.type, dtype=self.amp_dtype)
+        return contextlib.nullcontext()
 
     @property
     def model_id(self) -> str:
@@ -75,16 +130,24 @@ class ColorClassifier:
         if classname not in self._weights:
             from nexus_gen.scoring.zeroshot import zeroshot_classifier
 
-            self._weights[classname] = zeroshot_classifier(self.encoder, color_prompts(classname))
+            with self._autocast():
+                self._weights[classname] = zeroshot_classifier(self.encoder, color_prompts(classname))
         return self._weights[classname]
+
+    def logits(self, image: Image.Image, classname: str,
+               objects: Sequence[Detection]) -> torch.Tensor:
+        """[N, 10] colour logits of the objects' crops, in this classifier's precision (under
+        amp the product with the classifier runs in reduced precision too, as officially)."""
+        from nexus_gen.scoring.zeroshot import zeroshot_logits
+
+        weights = self.weights(classname)
+        crops = [object_crop(image, d, self.background) for d in objects]
+        with self._autocast():
+            return zeroshot_logits(self.encoder, crops, weights)
 
     def classify(self, image: Image.Image, classname: str,
                  objects: Sequence[Detection]) -> list[str]:
         """One colour name per object, in order."""
         if not objects:
             return []
-        from nexus_gen.scoring.zeroshot import zeroshot_logits
-
-        crops = [object_crop(image, d, self.background) for d in objects]
-        logits = zeroshot_logits(self.encoder, crops, self.weights(classname))
-        return [COLORS[int(i)] for i in logits.argmax(dim=1)]
+        return [COLORS[int(i)] for i in self.logits(image, classname, objects).argmax(dim=1)]

@@ -54,6 +54,7 @@ class GenEvalConfig:
     size: Optional[int] = None
     detector: Optional[str] = None  # geneval: paper | tiny | hub id | folder; scenes: scenes-pixel
     clip: str = "paper"  # colour classifier for geneval (see eval.geneval.color)
+    precision: Optional[str] = None  # colour classifier: amp | fp32; None: amp on CUDA, else fp32
     options: ScoringOptions = field(default_factory=ScoringOptions)
 
     @classmethod
@@ -81,6 +82,7 @@ class Plan:
     n_total: int
     detector: str
     prompt_sha256: str
+    precision: Optional[str] = None  # the colour classifier's, resolved (None: no CLIP colours)
 
 
 def read_prompts(path: Path) -> list[dict[str, Any]]:
@@ -169,12 +171,19 @@ def check(config: GenEvalConfig) -> Plan:
     if scenes and detector != SCENES_DETECTOR:
         raise ValueError(f"geneval-scenes scores with the pixel detector only ({SCENES_DETECTOR!r}), "
                          f"got --detector {detector!r}")
+    precision = None
+    if scenes and c.precision is not None:
+        raise ValueError("geneval-scenes takes colours from the pixel detector, not CLIP: "
+                         "--precision does not apply")
     if not scenes:
         if detector == SCENES_DETECTOR:
             raise ValueError(f"detector {SCENES_DETECTOR!r} knows only the scenes shapes: use "
                              f"`nexus-gen eval geneval-scenes`")
         from eval.geneval.mask2former import resolve_detector
 
+        from eval.geneval.color import resolve_precision
+
+        precision = resolve_precision(c.precision, dev)
         source = resolve_detector(detector, build=False)
         if source is not None:  # None: `tiny`, built locally on first use
             _check_hub_source(source, "detector", "config.json")
@@ -194,8 +203,28 @@ def check(config: GenEvalConfig) -> Plan:
     out = Path(c.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
+    if precision is not None:
+        _check_stored_colours(out, precision)
     return Plan(config=c, out=out, prompt_file=prompt_file, prompt_set=prompt_set, prompts=prompts,
-                n_total=len(records), detector=detector, prompt_sha256=file_sha256(prompt_file))
+                n_total=len(records), detector=detector, prompt_sha256=file_sha256(prompt_file),
+                precision=precision)
+
+
+def _check_stored_colours(out: Path, precision: str) -> None:
+    """A resumed run reuses the colours stored in its detections file: they must have been
+    classified in this run's precision (runs recorded before precision was, ran in fp32)."""
+    config = out / CONFIG_FILE
+    if not (config.is_file() and (out / "detections.jsonl").is_file()):
+        return
+    try:
+        old = json.loads(config.read_text(encoding="utf-8")).get("classifier", {})
+    except (ValueError, AttributeError):
+        return  # an unreadable config is the resume checks' business, not this one's
+    stored = old.get("precision", "fp32") if isinstance(old, dict) else "fp32"
+    if stored != precision:
+        raise ValueError(f"--out {out} holds detections whose colours were classified in "
+                         f"{stored}; this run asks for {precision}: use a new --out or "
+                         f"--precision {stored}")
 
 
 def prepare(plan: Plan) -> Plan:
@@ -243,8 +272,9 @@ def config_record(plan: Plan) -> dict[str, Any]:
         "base_seed": c.seed,
         "batch_size": c.batch_size,
         "detector": {"name": plan.detector},
-        "classifier": {"name": "detector colours (scenes palette)"
-                       if plan.detector == SCENES_DETECTOR else c.clip},
+        "classifier": {"name": "detector colours (scenes palette)"}
+        if plan.detector == SCENES_DETECTOR else
+        {"name": c.clip, "precision": plan.precision, "device": c.device},
         "options": c.options.to_dict(),
         "versions": versions(),
     }
@@ -304,7 +334,10 @@ def score_step(plan: Plan) -> dict[str, Any]:
         detector = load_detector(plan.detector, device=c.device)
         model_id = detector.model_id
     write_config(plan, detector={"model_id": model_id})
-    _, summary = score_folder(plan.out, detector, options=c.options, clip=c.clip, device=c.device)
+    _, summary = score_folder(plan.out, detector, options=c.options, clip=c.clip, device=c.device,
+                              precision=plan.precision)
+    if plan.precision is not None:
+        summary["color_precision"] = plan.precision
     write_json_atomic(plan.out / SUMMARY_FILE, summary, sort_keys=True)
     return summary
 

@@ -39,10 +39,11 @@ class ColorClassifierLike(Protocol):
 
 
 class _LazyClassifier:
-    """Loads the named CLIP colour classifier only when a colour first has to be classified."""
+    """Loads the named CLIP colour classifier only when a colour first has to be classified
+    (`precision`: `amp` | `fp32`, None for the device's default; see `eval.geneval.color`)."""
 
-    def __init__(self, clip: str, device: str) -> None:
-        self.clip, self.device = clip, device
+    def __init__(self, clip: str, device: str, precision: Optional[str] = None) -> None:
+        self.clip, self.device, self.precision = clip, device, precision
         self._inner: Optional[ColorClassifierLike] = None
 
     def classify(self, image: Image.Image, classname: str,
@@ -52,7 +53,8 @@ class _LazyClassifier:
 
             log.info("loading the CLIP colour classifier %r", self.clip)
             try:
-                self._inner = ColorClassifier.load(self.clip, device=self.device)
+                self._inner = ColorClassifier.load(self.clip, device=self.device,
+                                                   precision=self.precision)
             except (OSError, RuntimeError, ValueError) as e:
                 raise ValueError(
                     f"a colour clause on {classname!r} has detections without a stored 'color', "
@@ -201,11 +203,12 @@ def score_folder(out_dir: Path, detector: Detector,
                  classifier: Optional[ColorClassifierLike] = None,
                  options: Options = None, *, clip: str = "paper",
                  device: str = "cpu", indices: Optional[Iterable[int]] = None,
+                 precision: Optional[str] = None,
                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score a GenEval layout folder: `<out>/detections.jsonl` (resumable: images already in it
     are not detected again) and `<out>/results.jsonl`; returns (rows, summary).
-    Without `classifier`, the CLIP colour classifier `clip` is loaded when first needed.
-    `indices` restricts scoring to those prompt folders (default: every prompt folder)."""
+    Without `classifier`, the CLIP colour classifier `clip` is loaded when first needed, in
+    `precision` (None: `amp` on CUDA, else `fp32`). `indices` restricts scoring to those prompt folders (default: every prompt folder)."""
     out_dir = Path(out_dir)
     options = as_options(options)
     every = list(iter_images(out_dir))
@@ -216,7 +219,7 @@ def score_folder(out_dir: Path, detector: Detector,
     if not images:
         raise ValueError(f"GenEval folder {out_dir} has no images (<idx>/samples/<n>.png)"
                          + (" among the selected prompts" if indices is not None else ""))
-    classifier = classifier or _LazyClassifier(clip, device)
+    classifier = classifier or _LazyClassifier(clip, device, precision)
     det_path = out_dir / DETECTIONS_FILE
     drop_unterminated_tail(det_path)
     done: set[tuple[str, ...]] = set()
@@ -258,16 +261,17 @@ def _detect_all(todo: list, det_path: Path, detector: Detector,
 def rescore_file(detections_jsonl: Path, out_jsonl: Path,
                  options: Options = None,
                  classifier: Optional[ColorClassifierLike] = None, *, clip: str = "paper",
-                 device: str = "cpu") -> dict[str, Any]:
+                 device: str = "cpu", precision: Optional[str] = None) -> dict[str, Any]:
     """Re-score a detections file without a detector: write official results rows to
     `out_jsonl` and return the summary. Stored colours are used; missing ones are classified
-    with `classifier` (default: CLIP `clip`, loaded only if needed) on the image at `filename`."""
+    with `classifier` (default: CLIP `clip` in `precision`, loaded only if needed) on the image
+    at `filename`."""
     detections_jsonl = Path(detections_jsonl)
     options = as_options(options)
     records = _unique(read_records(detections_jsonl), detections_jsonl)
     if not records:
         raise ValueError(f"detections file {detections_jsonl} has no records")
-    classifier = classifier or _LazyClassifier(clip, device)
+    classifier = classifier or _LazyClassifier(clip, device, precision)
     rows = score_records(records, options, classifier, image_base=detections_jsonl.parent)
     write_jsonl(rows, Path(out_jsonl))
     return summarize(rows)

@@ -28,6 +28,8 @@ def zeroshot_classifier(enc: ClipEncoder, prompts: Sequence[Sequence[str]]) -> t
 
 def zeroshot_logits(enc: ClipEncoder, images: Iterable[ImageInput], W: torch.Tensor,
                     batch_size: int = 32) -> torch.Tensor:
-    """Logits [N, C] = 100 * normalize(encode_image(x)) @ W."""
-    feats = F.normalize(enc.encode_images(images, batch_size=batch_size), dim=-1)
-    return LOGIT_SCALE * feats @ W.to(feats.dtype)
+    """Logits [N, C] = 100 * normalize(encode_image(x)) @ W, on cpu. The product runs on the
+    encoder's device, so an autocast context around this call covers it (as clip-benchmark's
+    `amp` does: reduced-precision logits, whose ties then decide the argmax)."""
+    feats = F.normalize(enc.encode_images(images, batch_size=batch_size), dim=-1).to(enc.device)
+    return (LOGIT_SCALE * feats @ W.to(feats.device, feats.dtype)).cpu()
