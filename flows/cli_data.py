@@ -19,14 +19,12 @@ def _say(text: str, err: bool = False) -> None:
 
 
 def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().rstrip("b")
+    from nexus_gen.data.shards import parse_byte_size
+
     try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except (ValueError, OverflowError):
-        raise typer.BadParameter(f"{text!r} is not a size (e.g. 500MB, 64M, 1G, 1048576)") from None
+        return parse_byte_size(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--shard-size") from None
 
 
 def convert(
@@ -39,7 +37,8 @@ def convert(
     language: Optional[str] = typer.Option(None, "--language", help="en or zh (captions: template language)."),
     verify: str = typer.Option("header", "--verify", help="header: check headers and end markers; "
                                "full: decode every image (uses all cores)."),
-    shard_size: str = typer.Option("500MB", "--shard-size", help="Target shard size."),
+    shard_size: str = typer.Option("500MiB", "--shard-size", help="Target shard size: "
+                                   "MB/GB are 10^6/10^9 bytes, MiB/GiB 2^20/2^30 (e.g. 500MB, 512MiB)."),
     workers: int = typer.Option(0, "--workers", help="Image threads (0 = automatic: one per core with "
                                 "--verify full; otherwise images are checked on the main thread "
                                 "while the writer's threads write and hash, which is fastest)."),
@@ -80,7 +79,8 @@ def convert(
 
 
 def export(
-    fmt: str = typer.Argument(..., metavar="FORMAT", help="nexus-gen-jsonl or diffsynth-csv."),
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="nexus-gen-jsonl or diffsynth-csv (DiffSynth-Studio "
+                              "metadata.jsonl, and metadata.csv when pandas reads it back exactly)."),
     shards: list[Path] = typer.Argument(..., metavar="SHARDS", help="Shard folder(s) or parquet file(s)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     absolute_paths: bool = typer.Option(False, "--absolute-paths", help="nexus-gen-jsonl: write absolute image "
@@ -98,7 +98,13 @@ def export(
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
     kwargs = {"absolute_paths": absolute_paths} if fmt == "nexus-gen-jsonl" else {}
-    summary = do_export(fmt, shards, out, **kwargs)
+    try:
+        summary = do_export(fmt, shards, out, **kwargs)
+    except ValueError as e:  # unreadable or empty shards: found before anything is written
+        _say(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    for w in summary.warnings:
+        _say(f"warning: {w}", err=True)
     _say(json.dumps(summary.to_json(), ensure_ascii=False))
 
 

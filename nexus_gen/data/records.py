@@ -127,7 +127,7 @@ def _csv(path: Path, name: str, delimiter: str) -> Iterator[Record]:
             yield Record(Location(name, start), error=f"unreadable CSV: {e}")
 
 
-def _open_parquet(path: Path):
+def open_parquet(path: Union[str, Path]):
     """The file opened now, so an unreadable parquet fails before any work (not mid-run)."""
     import pyarrow.parquet as pq
 
@@ -173,5 +173,5 @@ def read_records(path: Union[str, Path]) -> Iterator[Record]:
     if suffix == ".tsv":
         return _csv(path, name, "\t")
     if suffix == ".parquet":
-        return _parquet(_open_parquet(path), name)
+        return _parquet(open_parquet(path), name)
     raise ValueError(f"input {path}: unknown table format {suffix!r}; use one of {TABLE_SUFFIXES}")
