@@ -53,10 +53,14 @@ def check_header(fmt: str, path: Path) -> None:
                          f"{' and '.join(missing)}{_try(formats_for(columns), fmt)}")
 
 
-def _default_images_root(inputs: list[Path]) -> Path:
-    """The deepest folder holding every input (a file's folder, a folder input itself)."""
-    dirs = [os.path.abspath(p if p.is_dir() else p.parent) for p in inputs]
-    return Path(os.path.commonpath(dirs)).resolve()
+def _default_images_root(inputs: list[PathLike]) -> Path:
+    """The deepest folder holding every input as named: a folder itself, a file's folder, the
+    folders of a glob's matches."""
+    dirs = []
+    for raw in inputs:
+        p = Path(raw)
+        dirs += [p] if p.is_dir() else [m.parent for m in expand_inputs([raw])]
+    return Path(os.path.commonpath([os.path.abspath(d) for d in dirs])).resolve()
 
 
 def convert_files(fmt: str, inputs: Union[PathLike, Iterable[PathLike]], out_dir: PathLike,
@@ -72,6 +76,7 @@ def convert_files(fmt: str, inputs: Union[PathLike, Iterable[PathLike]], out_dir
     (`records.source_name`) and are located by `input_names`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     paths = expand_inputs(inputs)
     if shard_bytes <= 0:
         raise ValueError(f"shard size must be positive, got {shard_bytes}")
@@ -95,7 +100,7 @@ def convert_files(fmt: str, inputs: Union[PathLike, Iterable[PathLike]], out_dir
             kwargs["language"] = language
         else:
             raise ValueError(f"--language applies to captions, edit-pairs and imagepulse, not {fmt}")
-    opts = BuildOptions(Path(images_root) if images_root is not None else _default_images_root(paths), verify)
+    opts = BuildOptions(Path(images_root) if images_root is not None else _default_images_root(inputs), verify)
     names = input_names(paths)
     mod = FORMATS[fmt]
     for p in paths:  # unknown suffixes, unreadable tables and wrong headers stop here, before any work
