@@ -119,11 +119,12 @@ class _IndexFile:
 def check_shards(shards: Union[str, Path, Iterable]) -> list[Path]:
     """The shard files named by `shards`, each opened once so an unreadable or empty file fails
     before any work with a ValueError naming it; also when they hold no sample at all."""
+    shards = [shards] if isinstance(shards, (str, Path)) else list(shards)
     try:
         files = shard_files(shards)
     except FileNotFoundError as e:
         raise ValueError(str(e)) from None
-    names = ", ".join(str(p) for p in ([shards] if isinstance(shards, (str, Path)) else shards))
+    names = ", ".join(str(p) for p in shards)
     if not files:
         raise ValueError(f"no parquet shards in {names}: nothing to export (point at a `nexus-gen "
                          "convert` output folder or its .parquet files)")

@@ -221,19 +221,27 @@ def _parquet(pf, name: str) -> Iterator[Record]:
             yield Record(Location(name, i), data=row)
 
 
+def _open_arrow(src) -> tuple[Any, Iterator[Any]]:
+    """(schema, record batches) of an Arrow IPC source: stream format, as `datasets` writes, or
+    file format."""
+    import pyarrow as pa
+
+    try:
+        reader = pa.ipc.open_stream(src)
+        return reader.schema, iter(reader)
+    except pa.ArrowInvalid:
+        src.seek(0)
+        f = pa.ipc.open_file(src)
+        return f.schema, (f.get_batch(k) for k in range(f.num_record_batches))
+
+
 def _arrow(path: Path, name: str) -> Iterator[Record]:
-    """Rows of an Arrow IPC file (stream format, as `datasets` writes, or file format)."""
+    """Rows of an Arrow IPC file, in small slices (memory-mapped: nothing is read ahead)."""
     import pyarrow as pa
 
     i = 0
     with pa.memory_map(str(path)) as src:
-        try:
-            reader = pa.ipc.open_stream(src)
-        except pa.ArrowInvalid:
-            src.seek(0)
-            f = pa.ipc.open_file(src)
-            reader = (f.get_batch(k) for k in range(f.num_record_batches))
-        for batch in reader:
+        for batch in _open_arrow(src)[1]:
             for start in range(0, batch.num_rows, 64):
                 for row in batch.slice(start, 64).to_pylist():
                     i += 1
@@ -246,11 +254,7 @@ def _check_arrow(path: Path) -> list[str]:
 
     try:
         with pa.memory_map(str(path)) as src:
-            try:
-                return list(pa.ipc.open_stream(src).schema.names)
-            except pa.ArrowInvalid:
-                src.seek(0)
-                return list(pa.ipc.open_file(src).schema.names)
+            return list(_open_arrow(src)[0].names)
     except Exception as e:
         raise ValueError(f"input {path} is not a readable Arrow file ({type(e).__name__}: {e})") from None
 
