@@ -19,34 +19,37 @@ def _say(text: str, err: bool = False) -> None:
 
 
 def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().rstrip("b")
+    from nexus_gen.data.shards import parse_byte_size
+
     try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except (ValueError, OverflowError):
-        raise typer.BadParameter(f"{text!r} is not a size (e.g. 500MB, 64M, 1G, 1048576)") from None
+        return parse_byte_size(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--shard-size") from None
 
 
 def convert(
     fmt: str = typer.Argument(..., metavar="FORMAT", help=f"Input format: {_FORMATS}."),
-    input_path: Path = typer.Argument(..., metavar="INPUT", help="Input file (jsonl, json, csv, tsv or parquet)."),
+    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="Input files (jsonl, json, csv, tsv, "
+                                       "parquet, arrow), folders (their table files, or a folder saved with "
+                                       "datasets' save_to_disk) or quoted globs ('data/*.parquet'), read in order."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for shards, manifest.json and rejects.jsonl."),
     images_root: Optional[Path] = typer.Option(None, "--images-root", help="Folder image paths are relative to "
-                                               "(default: the input's folder). Nothing outside it is read."),
-    source: Optional[str] = typer.Option(None, "--source", help="Source name for samples that carry none."),
+                                               "(default: the deepest folder holding every input). "
+                                               "Nothing outside it is read."),
+    source: Optional[str] = typer.Option(None, "--source", help="Source name for samples that carry none "
+                                         "(default: each input's name, or its dataset folder's for shard files)."),
     language: Optional[str] = typer.Option(None, "--language", help="en or zh (captions: template language)."),
     verify: str = typer.Option("header", "--verify", help="header: check headers and end markers; "
                                "full: decode every image (uses all cores)."),
-    shard_size: str = typer.Option("500MB", "--shard-size", help="Target shard size."),
+    shard_size: str = typer.Option("500MiB", "--shard-size", help="Target shard size: "
+                                   "MB/GB are 10^6/10^9 bytes, MiB/GiB 2^20/2^30 (e.g. 500MB, 512MiB)."),
     workers: int = typer.Option(0, "--workers", help="Image threads (0 = automatic: one per core with "
                                 "--verify full; otherwise images are checked on the main thread "
                                 "while the writer's threads write and hash, which is fastest)."),
 ) -> None:
     """Convert a dataset into unified-format parquet shards. The last line printed is JSON:
-    {"input": N, "accepted": A, "rejected": R}."""
-    from nexus_gen.data.convert import FORMATS, convert_file
+    {"input": N, "accepted": A, "rejected": R}. Exits 1 when nothing is accepted, 2 on bad options."""
+    from nexus_gen.data.convert import FORMATS, convert_files, nothing_accepted
 
     if fmt not in FORMATS:
         raise typer.BadParameter(f"unknown format {fmt!r}; choose one of {_FORMATS}", param_hint="FORMAT")
@@ -54,20 +57,18 @@ def convert(
         raise typer.BadParameter(f"{verify!r}: choose header or full", param_hint="--verify")
     if language is not None and language not in ("en", "zh"):
         raise typer.BadParameter(f"{language!r}: choose en or zh", param_hint="--language")
-    if not input_path.is_file():
-        raise typer.BadParameter(f"{input_path} does not exist or is not a file", param_hint="INPUT")
     if images_root is not None and not images_root.is_dir():
         raise typer.BadParameter(f"{images_root} is not a directory", param_hint="--images-root")
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
     n_workers = workers or None
     try:
-        summary = convert_file(fmt, input_path, out, images_root=images_root, source=source, language=language,
-                               verify=verify, shard_bytes=_size(shard_size), workers=n_workers)
+        summary = convert_files(fmt, inputs, out, images_root=images_root, source=source, language=language,
+                                verify=verify, shard_bytes=_size(shard_size), workers=n_workers)
     except (ValueError, FileNotFoundError) as e:
         _say(f"error: {e}", err=True)
         raise typer.Exit(2)
-    _say(f"converted {input_path} ({fmt}) -> {out}: {summary.shards} shard(s), {summary.bytes / 1e6:.1f} MB")
+    _say(f"converted {' '.join(inputs)} ({fmt}) -> {out}: {summary.shards} shard(s), {summary.bytes / 1e6:.1f} MB")
     _say(f"by task: {json.dumps(summary.by_task, ensure_ascii=False)}")
     _say(f"by language: {json.dumps(summary.by_language, ensure_ascii=False)}")
     if not summary.shards:  # datasets.load_dataset refuses an empty file list and a 0-row parquet
@@ -77,10 +78,15 @@ def convert(
         _say(f"rejected {summary.rejected}: {json.dumps(summary.reasons, ensure_ascii=False)} "
                    f"(see {out / 'rejects.jsonl'})")
     _say(json.dumps(summary.counts()))
+    problem = nothing_accepted(fmt, inputs, summary)
+    if problem is not None:
+        _say(f"error: {problem}", err=True)
+        raise typer.Exit(1)
 
 
 def export(
-    fmt: str = typer.Argument(..., metavar="FORMAT", help="nexus-gen-jsonl or diffsynth-csv."),
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="nexus-gen-jsonl or diffsynth-csv (DiffSynth-Studio "
+                              "metadata.jsonl, and metadata.csv when pandas reads it back exactly)."),
     shards: list[Path] = typer.Argument(..., metavar="SHARDS", help="Shard folder(s) or parquet file(s)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     absolute_paths: bool = typer.Option(False, "--absolute-paths", help="nexus-gen-jsonl: write absolute image "
@@ -98,7 +104,13 @@ def export(
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
     kwargs = {"absolute_paths": absolute_paths} if fmt == "nexus-gen-jsonl" else {}
-    summary = do_export(fmt, shards, out, **kwargs)
+    try:
+        summary = do_export(fmt, shards, out, **kwargs)
+    except ValueError as e:  # unreadable or empty shards: found before anything is written
+        _say(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    for w in summary.warnings:
+        _say(f"warning: {w}", err=True)
     _say(json.dumps(summary.to_json(), ensure_ascii=False))
 
 

@@ -334,9 +334,11 @@ def test_an_empty_input_gives_an_empty_valid_build(tmp_path, fmt, name, content)
     src.write_bytes(content)
     out = tmp_path / "out"
     res = cli("convert", fmt, src, "--out", out)
-    assert res.exit_code == 0, res.output
+    # nothing to convert is an error (exit 1) that says why; the empty build is still valid
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert last_json(res) == {"input": 0, "accepted": 0, "rejected": 0}
     assert "no shard" in flat(res.output)  # says plainly that there is nothing to load
+    assert f"{name} holds no record" in res.stderr
     man = read_manifest(out)
     assert man["shards"] == [] and man["total_rows"] == 0 and man["total_bytes"] == 0
     assert man["features"]["images"] == [{"_type": "Image"}]
@@ -354,13 +356,14 @@ def test_an_input_of_only_bad_records_keeps_every_one_as_a_reject(tmp_path):
                                                {"id": "c"}])
     out = tmp_path / "out"
     res = cli("convert", "nexus-gen-jsonl", src, "--out", out, "--images-root", imgs)
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output
     assert last_json(res) == {"input": 4, "accepted": 0, "rejected": 4}
+    assert "nothing accepted" in res.stderr
     assert "no shard" in flat(res.output)
     assert [r["line"] for r in rejects(out)] == [1, 2, 3, 4]
     assert read_manifest(out)["total_rows"] == 0
     exported = cli("export", "nexus-gen-jsonl", out, "--out", tmp_path / "exp")
-    assert exported.exit_code == 0 and (tmp_path / "exp" / "data.jsonl").read_text() == ""
+    assert exported.exit_code == 2 and "no parquet shards" in exported.stderr
 
 
 # --- hostile text --------------------------------------------------------------------------------

@@ -97,28 +97,75 @@ def test_nexus_gen_jsonl_export_paths_relative_to_out(built, tmp_path):
     assert (exp / "data.jsonl").read_text(encoding="utf-8").count("\n") == len(rows)
 
 
-def test_diffsynth_export_never_writes_a_cell_pandas_reads_as_missing(tmp_path):
-    """An empty prompt or one pandas reads as NaN ("NA", "None", "null", ...) would fail
-    DiffSynth's loader: such rows are left out and counted, the rest exported."""
+def diffsynth_rows(path: Path) -> list[dict]:
+    """Metadata rows as DiffSynth-Studio 2.x `UnifiedDataset.load_metadata` reads them (read in
+    diffsynth 2.1.12): `.jsonl` line by line with `json.loads(line.strip())` from a file opened
+    in the locale's default encoding, anything else with `pandas.read_csv` and `iloc[i].to_dict()`."""
+    if path.suffix == ".jsonl":
+        with open(path, "r") as f:
+            return [json.loads(line.strip()) for line in f]
+    df = pd.read_csv(path)
+    return [df.iloc[i].to_dict() for i in range(len(df))]
+
+
+def _prompt_build(tmp_path: Path, gen_prompts: list[str], edit_prompts: list[str]) -> Path:
     imgs = tmp_path / "imgs"
     write_photo(imgs / "a.png", "astronaut", size=16)
     write_photo(imgs / "b.png", "chelsea", size=16)
-    rows = [gen_row("g_ok", "a.png", "a fine prompt"), gen_row("g_na", "a.png", "NA"),
-            gen_row("g_none", "b.png", "None"), gen_row("g_empty", "b.png", ""),
-            edit_row("e_ok", "a.png", "b.png", "make it a cat"), edit_row("e_null", "a.png", "b.png", "null"),
-            edit_row("e_blank", "a.png", "b.png", "")]
-    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    rows = [gen_row(f"g{i}", "a.png", p) for i, p in enumerate(gen_prompts)]
+    rows += [edit_row(f"e{i}", "a.png", "b.png", p) for i, p in enumerate(edit_prompts)]
     out = tmp_path / "s"
-    convert("nexus-gen-jsonl", src, out, "--images-root", imgs)
-    assert len(samples(out)) == len(rows)
+    convert("nexus-gen-jsonl", write_jsonl(tmp_path / "in.jsonl", rows), out, "--images-root", imgs)
+    return out
+
+
+def test_diffsynth_export_never_writes_a_cell_pandas_reads_as_missing(tmp_path):
+    """A prompt pandas reads as NaN ("NA", "None", "null") is kept as text in metadata.jsonl,
+    and metadata.csv, which would give DiffSynth a NaN, is not written; empty prompts are
+    left out and counted."""
+    out = _prompt_build(tmp_path, ["a fine prompt", "NA", "None", ""], ["make it a cat", "null", ""])
+    assert len(samples(out)) == 7
     exp = tmp_path / "ds"
     summary = export("diffsynth-csv", out, exp)
-    gen = pd.read_csv(exp / "generation" / "metadata.csv")
-    ed = pd.read_csv(exp / "editing" / "metadata.csv")
-    assert not gen.isna().any().any() and not ed.isna().any().any()
-    assert list(gen["prompt"]) == ["a fine prompt"] and list(ed["prompt"]) == ["make it a cat"]
-    assert summary.written == {"generation": 1, "editing": 1}
-    assert sum(summary.skipped.values()) == 5
+    assert [r["prompt"] for r in diffsynth_rows(exp / "generation" / "metadata.jsonl")] == ["a fine prompt", "NA", "None"]
+    assert [r["prompt"] for r in diffsynth_rows(exp / "editing" / "metadata.jsonl")] == ["make it a cat", "null"]
+    assert not list(exp.rglob("metadata.csv"))
+    assert summary.written == {"generation": 3, "editing": 2}
+    assert summary.skipped == {"generation (empty prompt)": 1, "editing (empty prompt)": 1}
+    assert len(summary.warnings) == 2 and all("metadata.jsonl" in w for w in summary.warnings)
+
+
+@pytest.mark.parametrize("gen_prompts,edit_prompts", [
+    (["1984", "42", "007"], ["3.14", "1e3"]),          # numbers: pandas gives int64 / float64
+    (["True", "False", "TRUE"], ["true", "false"]),  # booleans: pandas gives bool
+])
+def test_diffsynth_export_gives_number_and_boolean_like_prompts_as_text(tmp_path, gen_prompts, edit_prompts):
+    out = _prompt_build(tmp_path, gen_prompts, edit_prompts)
+    exp = tmp_path / "ds"
+    res = cli("export", "diffsynth-csv", out, "--out", exp)
+    assert res.exit_code == 0, res.output
+    for task, prompts in (("generation", gen_prompts), ("editing", edit_prompts)):
+        rows = diffsynth_rows(exp / task / "metadata.jsonl")
+        assert [r["prompt"] for r in rows] == prompts
+        assert all(type(v) is str for r in rows for v in r.values())
+        assert all((exp / task / r["image"]).is_file() for r in rows)
+        # the csv would hand DiffSynth numbers: it is not written, and the user is told which file to use
+        assert not (exp / task / "metadata.csv").exists()
+        assert f"{task}/metadata.jsonl" in flat(res.stderr)
+    summary = last_json(res)
+    assert summary["files"] == ["generation/metadata.jsonl", "editing/metadata.jsonl"]
+    # the jsonl is plain ASCII, so DiffSynth's open() without an encoding reads it in any locale
+    (exp / "generation" / "metadata.jsonl").read_bytes().decode("ascii")
+
+
+def test_diffsynth_csv_is_kept_when_pandas_reads_it_back_exactly(tmp_path):
+    prompts = ["1984", "a cat on a sofa", "True", "一只橘猫"]  # a text prompt keeps the column text
+    out = _prompt_build(tmp_path, prompts, [])
+    exp = tmp_path / "ds"
+    summary = export("diffsynth-csv", out, exp)
+    assert summary.warnings == [] and summary.files == ["generation/metadata.jsonl", "generation/metadata.csv"]
+    assert [r["prompt"] for r in diffsynth_rows(exp / "generation" / "metadata.csv")] == prompts
+    assert diffsynth_rows(exp / "generation" / "metadata.csv") == diffsynth_rows(exp / "generation" / "metadata.jsonl")
 
 
 def test_export_of_understanding_only_writes_no_csv(tmp_path):
@@ -158,6 +205,55 @@ def test_a_failed_export_leaves_no_partial_csv(built, tmp_path, monkeypatch):
         export("diffsynth-csv", built, tmp_path / "ds")
     assert not list((tmp_path / "ds").rglob("metadata.csv"))
     assert not list((tmp_path / "ds").rglob(".metadata.csv.tmp"))
+    assert not [p for p in (tmp_path / "ds").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("fmt", ["nexus-gen-jsonl", "diffsynth-csv"])
+def test_an_export_failing_midway_leaves_no_index_and_no_partial_images(built, tmp_path, monkeypatch, fmt):
+    """A failure after some images are written (disk full) removes the temporary index and the
+    images this run wrote; an image that was already in the folder stays."""
+    from nexus_gen.data import export as export_mod
+
+    exp = tmp_path / "exp"
+    keep = exp / "images" / "00" / "keep.png"
+    keep.parent.mkdir(parents=True)
+    keep.write_bytes(b"an earlier file")
+    real = export_mod.ImageStore.put
+    calls = {"n": 0}
+
+    def flaky(self, data):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise OSError("disk full")
+        return real(self, data)
+
+    monkeypatch.setattr(export_mod.ImageStore, "put", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        export(fmt, built, exp)
+    assert calls["n"] > 5
+    assert [p for p in exp.rglob("*") if p.is_file()] == [keep]
+
+
+@pytest.mark.parametrize("fmt", ["nexus-gen-jsonl", "diffsynth-csv"])
+def test_export_of_an_empty_or_unreadable_input_fails_in_one_line(tmp_path, fmt):
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    zero = tmp_path / "zero.parquet"
+    zero.write_bytes(b"")
+    imgs = tmp_path / "imgs"
+    write_photo(imgs / "a.png", "rocket", size=16)
+    nothing = tmp_path / "nothing"  # a finished build that accepted no sample: no shard
+    res = cli("convert", "nexus-gen-jsonl", write_jsonl(tmp_path / "bad.jsonl", [{"id": "x"}]), "--out", nothing)
+    assert (nothing / "manifest.json").is_file()
+    for shards, needle in ((empty_dir, "no parquet shards"), (zero, "zero.parquet"),
+                           (nothing, "no parquet shards")):
+        out = tmp_path / f"out-{shards.name}"
+        res = cli("export", fmt, shards, "--out", out)
+        assert res.exit_code == 2, (shards, res.output, res.exception)
+        assert isinstance(res.exception, SystemExit), repr(res.exception)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and needle in lines[0] and str(shards.name) in lines[0], res.stderr
+        assert not out.exists()
 
 
 def test_export_out_that_is_a_file_fails_clearly(built, tmp_path):

@@ -182,12 +182,18 @@ def test_edit_pairs_csv_malformed(tmp_path, root):
     assert "cells" in reasons[5]
 
 
-def test_csv_missing_column_rejects_every_row_clearly(tmp_path, root):
+def test_csv_missing_column_fails_before_any_work(tmp_path, root):
+    """A header without a column the format needs is a config error: one line naming the file,
+    the columns found and the ones expected; nothing is written."""
     src = tmp_path / "nocol.csv"
     src.write_text("source_image,instruction\nastronaut.png,make it red\ncoffee.png,make it blue\n")
     out = tmp_path / "o"
-    assert convert("edit-pairs", src, out, "--images-root", root) == {"input": 2, "accepted": 0, "rejected": 2}
-    assert all("missing target image (looked for columns target_image" in r["reason"] for r in rejects(out))
+    res = cli("convert", "edit-pairs", src, "--out", out, "--images-root", root)
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert "nocol.csv" in line and "[source_image, instruction]" in line
+    assert "target image (one of target_image, edited_image" in line
+    assert not out.exists()
 
 
 def test_csv_that_is_not_utf8_loses_no_row(tmp_path, root):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from data_fixtures import (bomb_png, cli, convert, flat, edit_row, gen_row, rejects, samples, truncated_jpeg,
+from data_fixtures import (bomb_png, cli, convert, flat, edit_row, gen_row, last_json, rejects, samples, truncated_jpeg,
                            truncated_png, und_row, write_jsonl, write_photo)
 
 
@@ -144,9 +144,12 @@ def test_json_array_with_bom_and_object_file(tmp_path, images):
     assert convert("nexus-gen-jsonl", one, tmp_path / "o2", "--images-root", images)["accepted"] == 1
     broken = tmp_path / "broken.json"
     broken.write_text('[{"id": "x"},\n {"id": ')
-    counts = convert("nexus-gen-jsonl", broken, tmp_path / "o3", "--images-root", images)
-    assert counts == {"input": 1, "accepted": 0, "rejected": 1}
-    assert "bad JSON" in rejects(tmp_path / "o3")[0]["reason"] and rejects(tmp_path / "o3")[0]["line"] == 2
+    res = cli("convert", "nexus-gen-jsonl", broken, "--out", tmp_path / "o3", "--images-root", images)
+    # streamed: the whole first item is read (and rejected for what it lacks), the cut one is a reject
+    assert res.exit_code == 1 and last_json(res) == {"input": 2, "accepted": 0, "rejected": 2}
+    first, cut = rejects(tmp_path / "o3")
+    assert first["line"] == 1 and "missing field 'messages'" in first["reason"]
+    assert "bad JSON" in cut["reason"] and cut["line"] == 2
 
 
 def test_int_ids_and_null_source(tmp_path, images):
@@ -176,7 +179,7 @@ def good_input(tmp_path, images) -> Path:
 @pytest.mark.parametrize("args,needle", [
     (["convert", "no-such-format", "{inp}"], "unknown format"),
     (["convert", "nexus-gen-jsonl", "{tmp}/missing.jsonl"], "does not exist"),
-    (["convert", "nexus-gen-jsonl", "{tmp}"], "not a file"),
+    (["convert", "nexus-gen-jsonl", "{tmp}/*.nothing"], "no input matches"),
     (["convert", "nexus-gen-jsonl", "{inp}", "--images-root", "{tmp}/nowhere"], "not a directory"),
     (["convert", "nexus-gen-jsonl", "{inp}", "--images-root", "{inp}"], "not a directory"),
     (["convert", "captions", "{inp}", "--language", "fr"], "choose en or zh"),
@@ -220,8 +223,9 @@ def test_deeply_nested_json_is_a_reject_not_a_crash(tmp_path, images):
     assert rejects(out)[0]["line"] == 1 and "nested too deeply" in rejects(out)[0]["reason"]
     whole = tmp_path / "deep.json"
     whole.write_text(deep)
-    assert convert("nexus-gen-jsonl", whole, tmp_path / "o2", "--images-root", images) == \
-        {"input": 1, "accepted": 0, "rejected": 1}
+    res = cli("convert", "nexus-gen-jsonl", whole, "--out", tmp_path / "o2", "--images-root", images)
+    assert res.exit_code == 1 and last_json(res) == {"input": 1, "accepted": 0, "rejected": 1}
+    assert "nested too deeply" in rejects(tmp_path / "o2")[0]["reason"]
 
 
 def test_json_lines_under_a_json_name(tmp_path, images):

@@ -35,7 +35,7 @@ def _sha(p: Path) -> str:
 def test_tiny_shard_size_gives_several_shards_and_manifest_matches(many, tmp_path):
     out = tmp_path / "o"
     assert convert("nexus-gen-jsonl", many, out, "--images-root", many.parent / "imgs",
-                   "--shard-size", "8k")["accepted"] == 24
+                   "--shard-size", "8KiB")["accepted"] == 24
     man = read_manifest(out)
     files = sorted(out.glob("train-*.parquet"))
     assert len(files) >= 3
@@ -50,7 +50,8 @@ def test_tiny_shard_size_gives_several_shards_and_manifest_matches(many, tmp_pat
     assert man["total_rows"] == sum(s["rows"] for s in man["shards"]) == 24
     assert man["total_bytes"] == sum(f.stat().st_size for f in files)
     assert man["features"] == hf_features()
-    assert man["converted_from"] == {"format": "nexus-gen-jsonl", "input": "many.jsonl"}
+    assert man["converted_from"] == {"format": "nexus-gen-jsonl", "input": "many.jsonl",
+                                  "inputs": ["many.jsonl"]}
     assert [s["id"] for s in iter_samples(out)] == [f"s{i:03d}" for i in range(24)]
     assert count_rows(out) == 24
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []

@@ -1,6 +1,10 @@
 """Exports from shards to the formats people train with, written so those trainers read them as
-intended: the reference's / ms-swift's jsonl, and DiffSynth-Studio `metadata.csv` (generation and
-editing in separate folders, since an empty cell reads as NaN there and fails the loader)."""
+intended: the reference's / ms-swift's jsonl, and DiffSynth-Studio metadata (generation and
+editing in separate folders). DiffSynth-Studio's `UnifiedDataset` reads `.json` and `.jsonl`
+metadata with the `json` module, which keeps every prompt a string, and anything else with
+`pandas.read_csv`, which turns a column of number- or boolean-like prompts (`1984`, `True`) into
+numbers and `NA` into NaN: `metadata.jsonl` is always written, `metadata.csv` only when pandas
+reads it back exactly. A failed export leaves no index file and none of the images it wrote."""
 from __future__ import annotations
 
 import csv
@@ -10,20 +14,19 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Optional, Union
 
 from PIL import Image
 
 from nexus_gen.data.image_header import sniff
-from nexus_gen.data.shards import iter_samples, write_json_atomic
+from nexus_gen.data.records import open_parquet
+from nexus_gen.data.shards import iter_samples, shard_files, write_json_atomic
 from nexus_gen.data.templates import generation_prompt, strip_tags
 
 log = logging.getLogger(__name__)
 EXPORT_FORMATS = ("nexus-gen-jsonl", "diffsynth-csv")
 _EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
-# pandas.read_csv's default missing-value strings: DiffSynth reads such a cell as NaN and fails
-PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-                       "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+DIFFSYNTH_COLUMNS = {"generation": ["image", "prompt"], "editing": ["image", "prompt", "nexus_gen_reference_image"]}
 
 
 @dataclass
@@ -33,10 +36,16 @@ class ExportSummary:
     written: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     images: int = 0
+    files: list[str] = field(default_factory=list)  # index files written, relative to the out folder
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": self.format, "samples": self.samples, "written": self.written,
-                "skipped": self.skipped, "images": self.images}
+                "skipped": self.skipped, "images": self.images, "files": self.files,
+                "warnings": self.warnings}
+
+    def skip(self, key: str) -> None:
+        self.skipped[key] = self.skipped.get(key, 0) + 1
 
 
 class ImageStore:
@@ -46,6 +55,7 @@ class ImageStore:
     def __init__(self, root: Path):
         self.root = root
         self.written: dict[str, str] = {}  # sha256 of the shard's bytes -> relative path
+        self.created: list[Path] = []  # files this store wrote (an image already there is not one)
 
     def put(self, data: bytes) -> str:
         """Store `data` once and return its path relative to the root."""
@@ -66,10 +76,66 @@ class ImageStore:
         if not p.exists():
             p.parent.mkdir(parents=True, exist_ok=True)
             tmp = p.with_name(f".{p.name}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(p)
+            try:
+                tmp.write_bytes(data)
+                tmp.replace(p)
+            finally:
+                tmp.unlink(missing_ok=True)
+            self.created.append(p)
         self.written[sha] = rel
         return rel
+
+    def remove_created(self) -> None:
+        """Delete the files this store wrote, and the folders left empty: a failed export
+        leaves no partial image set behind (images that were there before stay)."""
+        for p in self.created:
+            p.unlink(missing_ok=True)
+        for d in sorted({p.parent for p in self.created} | {self.root / "images"}, reverse=True):
+            try:
+                d.rmdir()  # only when empty
+            except OSError:
+                pass
+        self.created = []
+
+
+class _IndexFile:
+    """A text index written under `.NAME.tmp` and renamed into place by `commit`, or removed by
+    `discard`: readers never see a half file under the final name."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self.fh = open(self.tmp, "w", encoding="utf-8", newline="")
+
+    def commit(self) -> None:
+        self.fh.close()
+        self.tmp.replace(self.path)
+
+    def discard(self) -> None:
+        self.fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def check_shards(shards: Union[str, Path, Iterable]) -> list[Path]:
+    """The shard files named by `shards`, each opened once so an unreadable or empty file fails
+    before any work with a ValueError naming it; also when they hold no sample at all."""
+    shards = [shards] if isinstance(shards, (str, Path)) else list(shards)
+    try:
+        files = shard_files(shards)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
+    names = ", ".join(str(p) for p in shards)
+    if not files:
+        raise ValueError(f"no parquet shards in {names}: nothing to export (point at a `nexus-gen "
+                         "convert` output folder or its .parquet files)")
+    rows = 0
+    for f in files:
+        if not f.is_file():
+            raise ValueError(f"shard {f} listed in its manifest does not exist: rebuild that folder")
+        rows += open_parquet(f).metadata.num_rows
+    if rows == 0:
+        raise ValueError(f"{names} holds no sample ({len(files)} shard(s), 0 rows): nothing to export")
+    return files
 
 
 def export_nexus_gen_jsonl(shards: Union[str, Path, Iterable], out_dir: Union[str, Path],
@@ -77,21 +143,27 @@ def export_nexus_gen_jsonl(shards: Union[str, Path, Iterable], out_dir: Union[st
     """`{id, source, images, messages}` a line, images as files under `out_dir/images/`, paths
     relative to `out_dir` (or absolute: ms-swift resolves relative paths against the working
     directory first, so absolute paths are the safe choice when training from elsewhere)."""
+    files = check_shards(shards)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     store = ImageStore(out_dir)
     summary = ExportSummary("nexus-gen-jsonl")
-    tmp = out_dir / f".{filename}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for s in iter_samples(shards):
+    index = _IndexFile(out_dir / filename)
+    try:
+        for s in iter_samples(files):
             paths = [store.put(im["bytes"]) for im in s["images"]]
             if absolute_paths:
                 paths = [str((out_dir / p).resolve()) for p in paths]
             row = {"id": s["id"], "source": s["source"], "images": paths, "messages": s["messages"]}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            index.fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             summary.samples += 1
             summary.written[s["task"]] = summary.written.get(s["task"], 0) + 1
-    tmp.replace(out_dir / filename)
+    except BaseException:
+        index.discard()
+        store.remove_created()
+        raise
+    index.commit()
+    summary.files.append(filename)
     summary.images = len(store.written)
     return summary
 
@@ -100,53 +172,87 @@ def _user_text(sample: dict[str, Any]) -> str:
     return next(m["content"] for m in sample["messages"] if m["role"] == "user")
 
 
+def csv_misreads(csv_path: Path, rows_path: Path) -> Optional[str]:
+    """Why `pandas.read_csv(csv_path)` (DiffSynth-Studio's reading of a csv) would not give back
+    the strings of the jsonl at `rows_path`, or None when it gives them back exactly."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(csv_path)
+    except Exception as e:  # whatever stops pandas stops DiffSynth too
+        return f"pandas cannot read it ({type(e).__name__}: {e})"
+    with open(rows_path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    if len(df) != len(rows):
+        return f"pandas reads {len(df)} rows, {len(rows)} were written"
+    for col in (rows[0] if rows else {}):
+        got = df[col].tolist() if col in df.columns else []
+        for i, row in enumerate(rows):
+            value = got[i] if i < len(got) else None
+            if not isinstance(value, str) or value != row[col]:
+                return (f"pandas reads {col} {row[col]!r} (row {i + 1}) as {type(value).__name__} {value!r}"
+                        f" (column type {df[col].dtype if col in df.columns else 'missing'})")
+    return None
+
+
 def export_diffsynth_csv(shards: Union[str, Path, Iterable], out_dir: Union[str, Path]) -> ExportSummary:
-    """DiffSynth-Studio `metadata.csv` files: `generation/metadata.csv` (`image, prompt`) and
-    `editing/metadata.csv` (`image, prompt, nexus_gen_reference_image`: target, instruction,
-    source). Image paths are relative to each csv's folder (DiffSynth's base path). Understanding
-    samples have no image to generate and are skipped (counted)."""
+    """DiffSynth-Studio metadata: `generation/` (`image, prompt`) and `editing/` (`image, prompt,
+    nexus_gen_reference_image`: target, instruction, source), each with `metadata.jsonl` (every
+    value a JSON string, ASCII-escaped so any locale's default encoding reads it) and
+    `metadata.csv` when pandas reads it back exactly (else a warning says why and which file to
+    use). Image paths are relative to each folder (DiffSynth's base path). Samples with an empty
+    prompt and understanding samples (no image to generate) are skipped and counted."""
+    files = check_shards(shards)
     out_dir = Path(out_dir)
     summary = ExportSummary("diffsynth-csv")
-    writers: dict[str, tuple[Any, Any, Path, Path]] = {}
-    stores: dict[str, ImageStore] = {}
-    header = {"generation": ["image", "prompt"], "editing": ["image", "prompt", "nexus_gen_reference_image"]}
+    folders: dict[str, tuple[_IndexFile, _IndexFile, Any, ImageStore]] = {}
     try:
-        for s in iter_samples(shards):
+        for s in iter_samples(files):
             summary.samples += 1
             task = s["task"]
-            if task not in header:
-                summary.skipped[task] = summary.skipped.get(task, 0) + 1
+            if task not in DIFFSYNTH_COLUMNS:
+                summary.skip(task)
                 continue
-            if task not in writers:
+            prompt = generation_prompt(_user_text(s)) if task == "generation" else strip_tags(_user_text(s))
+            if not prompt.strip():
+                summary.skip(f"{task} (empty prompt)")
+                continue
+            if task not in folders:
                 d = out_dir / task
                 d.mkdir(parents=True, exist_ok=True)
-                tmp = d / ".metadata.csv.tmp"
-                fh = open(tmp, "w", encoding="utf-8", newline="")
-                w = csv.writer(fh, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-                w.writerow(header[task])
-                writers[task] = (fh, w, tmp, d / "metadata.csv")
-                stores[task] = ImageStore(d)
-            fh, w, _, _ = writers[task]
-            store = stores[task]
-            prompt = generation_prompt(_user_text(s)) if task == "generation" else strip_tags(_user_text(s))
-            if prompt in PANDAS_NA:  # the row would read back as NaN and stop DiffSynth's loader
-                key = f"{task} (prompt {prompt!r} reads as missing)"
-                summary.skipped[key] = summary.skipped.get(key, 0) + 1
-                continue
-            if task == "generation":
-                w.writerow([store.put(s["images"][-1]["bytes"]), prompt])
-            else:
-                w.writerow([store.put(s["images"][-1]["bytes"]), prompt, store.put(s["images"][0]["bytes"])])
+                jl, cf = _IndexFile(d / "metadata.jsonl"), _IndexFile(d / "metadata.csv")
+                w = csv.writer(cf.fh, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+                w.writerow(DIFFSYNTH_COLUMNS[task])
+                folders[task] = (jl, cf, w, ImageStore(d))
+            jl, _, w, store = folders[task]
+            cells = [store.put(s["images"][-1]["bytes"]), prompt]
+            if task == "editing":
+                cells.append(store.put(s["images"][0]["bytes"]))
+            w.writerow(cells)
+            jl.fh.write(json.dumps(dict(zip(DIFFSYNTH_COLUMNS[task], cells)), ensure_ascii=True) + "\n")
             summary.written[task] = summary.written.get(task, 0) + 1
-    except BaseException:  # a failed export leaves no partial metadata.csv under the final name
-        for fh, _, tmp, _ in writers.values():
-            fh.close()
-            tmp.unlink(missing_ok=True)
+        for task, (jl, cf, _, _) in folders.items():
+            jl.fh.flush()
+            cf.fh.flush()
+            why = csv_misreads(cf.tmp, jl.tmp)
+            if why is not None:
+                cf.discard()
+                summary.warnings.append(f"{task}/metadata.csv not written: {why}; give DiffSynth-Studio "
+                                        f"{task}/metadata.jsonl (its json reader keeps every prompt as text)")
+                log.warning("%s", summary.warnings[-1])
+    except BaseException:  # a failed export leaves no partial index and none of its images
+        for jl, cf, _, store in folders.values():
+            jl.discard()
+            cf.discard()
+            store.remove_created()
         raise
-    for fh, _, tmp, final in writers.values():
-        fh.close()
-        tmp.replace(final)
-    summary.images = sum(len(st.written) for st in stores.values())
+    for task, (jl, cf, _, _) in folders.items():
+        jl.commit()
+        summary.files.append(f"{task}/metadata.jsonl")
+        if not cf.fh.closed:
+            cf.commit()
+            summary.files.append(f"{task}/metadata.csv")
+    summary.images = sum(len(st.written) for _, _, _, st in folders.values())
     return summary
 
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "nexus-gen-shards/1"
-DEFAULT_SHARD_BYTES = 500 * 1024 * 1024
+DEFAULT_SHARD_BYTES = 500 * 1024 * 1024  # 500 MiB
 DEFAULT_ROW_GROUP_BYTES = 8 * 1024 * 1024  # ~75 samples of two 512-px JPEGs: small enough to overlap
 # building and writing from the first groups, and to stream a shard in small reads
 # Images are already compressed (JPEG/PNG/WebP): compressing them again costs time and saves nothing.
@@ -41,6 +41,25 @@ SPLIT_NAMES = ("train", "validation", "test")  # the split prefixes a writer may
 # exactly the names a build writes (and `shard-NNNNN` of builds before the split-named shards):
 # a file downloaded as `train-00000-of-00001.parquet` is not ours to replace
 _BUILD_SHARD = re.compile(r"(?:train|validation|test|shard)-\d{5}\.parquet")
+
+
+def parse_byte_size(text: Union[str, int]) -> int:
+    """A size such as `500MB` (500 * 10^6 bytes), `512MiB` (512 * 2^20), `1GB` or `1048576` in
+    bytes, with `pydantic.ByteSize`'s units (decimal kB/MB/GB, binary KiB/MiB/GiB). Raises
+    ValueError for text that is not a size or a size that is not positive."""
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
+    t = text.strip() if isinstance(text, str) else text
+    if isinstance(t, str) and t.startswith("-"):
+        raise ValueError(f"shard size must be positive, got {text!r}")
+    try:
+        n = int(TypeAdapter(ByteSize).validate_python(t))
+    except (ValidationError, OverflowError, ValueError):
+        raise ValueError(f"{text!r} is not a size (e.g. 500MB = 500*10^6 bytes, 512MiB = 512*2^20, "
+                         "1GB, 1048576)") from None
+    if n <= 0:
+        raise ValueError(f"shard size must be positive, got {text!r}")
+    return n
 
 
 def is_build_shard(name: str, temporary: bool = False) -> bool:

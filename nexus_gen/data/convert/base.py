@@ -258,6 +258,7 @@ class Summary:
     by_language: dict[str, int] = field(default_factory=dict)
     by_source: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)  # the first full reason of each kind
     shards: int = 0
     bytes: int = 0
 
@@ -337,6 +338,7 @@ def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: Build
                     summary.rejected += 1
                     k = _reason_kind(res.reason)
                     summary.reasons[k] = summary.reasons.get(k, 0) + 1
+                    summary.examples.setdefault(k, res.reason)
                     line = json.dumps(res.to_json(), ensure_ascii=False)
                     try:
                         line.encode("utf-8")

@@ -13,6 +13,8 @@ from nexus_gen.data.templates import LANGUAGES, generation_messages
 NAME = "captions"
 IMAGE_COLUMNS = ("image", "file_name", "image_path", "path", "img")
 CAPTION_COLUMNS = ("caption", "text", "prompt", "description")
+# what a table must have (checked on a header before any work): (role, accepted columns)
+REQUIRED = (("image", IMAGE_COLUMNS), ("caption", CAPTION_COLUMNS))
 
 
 def draft(rec: Record, source: str, language: str) -> list[Draft]:
@@ -40,8 +42,9 @@ def draft(rec: Record, source: str, language: str) -> list[Draft]:
                   task="generation", language=language, meta={"captions": [caption]})]
 
 
-def read(path: Path, source: Optional[str] = None, language: str = "en") -> Iterator[Item]:
+def read(path: Path, source: Optional[str] = None, language: str = "en",
+         name: Optional[str] = None) -> Iterator[Item]:
     if language not in LANGUAGES:
         raise ValueError(f"--language {language!r}: choose one of {', '.join(LANGUAGES)}")
     src = source or source_name(path)
-    return drafts_from_records(read_records(path), lambda r: draft(r, src, language))
+    return drafts_from_records(read_records(path, name), lambda r: draft(r, src, language))

@@ -29,6 +29,15 @@ class Columns:
     extra_meta: tuple[str, ...] = ()  # further columns copied into meta as they are
 
 
+def required(cols: Columns, reverse: bool = False) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """What a table must have for these columns (checked on a header before any work)."""
+    need = (("source image", cols.source), ("target image", cols.target), ("instruction", cols.instruction))
+    return need + ((("reverse instruction", cols.reverse),) if reverse else ())
+
+
+REQUIRED = required(Columns())
+
+
 def pick(data: dict[str, Any], names: tuple[str, ...]) -> tuple[Optional[str], Any]:
     for n in names:
         if n in data and data[n] is not None and data[n] != "":
@@ -107,6 +116,6 @@ def draft_pair(rec: Record, source: str, cols: Columns, both_directions: str = "
 
 
 def read(path: Path, source: Optional[str] = None, cols: Columns = Columns(),
-         language: Optional[str] = None) -> Iterator[Item]:
+         language: Optional[str] = None, name: Optional[str] = None) -> Iterator[Item]:
     src = source or source_name(path)
-    return drafts_from_records(read_records(path), lambda r: draft_pair(r, src, cols, "auto", language))
+    return drafts_from_records(read_records(path, name), lambda r: draft_pair(r, src, cols, "auto", language))

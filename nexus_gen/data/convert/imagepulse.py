@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from nexus_gen.data.convert.base import Item, drafts_from_records
-from nexus_gen.data.convert.edit_pairs import Columns, draft_pair
+from nexus_gen.data.convert.edit_pairs import Columns, draft_pair, required
 from nexus_gen.data.records import Record, read_records
 
 NAME = "imagepulse"
@@ -19,6 +19,7 @@ COLUMNS = Columns(
     source_caption=("image_1_caption",), target_caption=("image_2_caption",),
     id=("id", "key"), extra_meta=SCORE_COLUMNS,
 )
+REQUIRED = required(COLUMNS, reverse=True)
 
 
 def _draft(rec: Record, source: str, language: Optional[str]):
@@ -31,6 +32,7 @@ def _draft(rec: Record, source: str, language: Optional[str]):
     return drafts
 
 
-def read(path: Path, source: Optional[str] = None, language: Optional[str] = None) -> Iterator[Item]:
+def read(path: Path, source: Optional[str] = None, language: Optional[str] = None,
+         name: Optional[str] = None) -> Iterator[Item]:
     src = source or "ImagePulse"
-    return drafts_from_records(read_records(path), lambda r: _draft(r, src, language))
+    return drafts_from_records(read_records(path, name), lambda r: _draft(r, src, language))

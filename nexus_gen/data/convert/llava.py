@@ -9,6 +9,7 @@ from nexus_gen.data.convert.base import Draft, DraftError, Item, drafts_from_rec
 from nexus_gen.data.records import Record, read_records, source_name
 
 NAME = "llava"
+REQUIRED = (("id", ("id",)), ("conversations", ("conversations",)))
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -23,6 +24,6 @@ def draft(rec: Record, source: str) -> list[Draft]:
     return [Draft(rec.location, str(sid), source, messages, images, task="understanding")]
 
 
-def read(path: Path, source: str | None = None) -> Iterator[Item]:
+def read(path: Path, source: str | None = None, name: str | None = None) -> Iterator[Item]:
     src = source or source_name(path)
-    return drafts_from_records(read_records(path), lambda r: draft(r, src))
+    return drafts_from_records(read_records(path, name), lambda r: draft(r, src))

@@ -9,6 +9,7 @@ from nexus_gen.data.convert.base import Draft, DraftError, Item, drafts_from_rec
 from nexus_gen.data.records import Record, read_records, source_name
 
 NAME = "nexus-gen-jsonl"
+REQUIRED = (("id", ("id",)), ("messages", ("messages",)))
 
 
 def draft(rec: Record, default_source: str) -> list[Draft]:
@@ -27,6 +28,6 @@ def draft(rec: Record, default_source: str) -> list[Draft]:
     return [Draft(rec.location, str(sid), source, parse_turns(data, "messages", "role", "content"), images)]
 
 
-def read(path: Path, source: str | None = None) -> Iterator[Item]:
+def read(path: Path, source: str | None = None, name: str | None = None) -> Iterator[Item]:
     default_source = source or source_name(path)
-    return drafts_from_records(read_records(path), lambda r: draft(r, default_source))
+    return drafts_from_records(read_records(path, name), lambda r: draft(r, default_source))
