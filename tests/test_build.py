@@ -217,9 +217,9 @@ def test_bad_sources_become_rejects(tmp_path, example_dir):
 
 
 def test_dataset_sources_mixed_in(tmp_path, example_dir):
-    """Existing data (edit pairs with reverse instructions, in two files by glob, one bad line)
-    is converted, scored, split by its original source image and written beside built triplets;
-    its rejects are counted once."""
+    """Existing data (edit pairs with reverse instructions, in two files by glob, one bad line, a
+    duplicate record) is converted, scored, split by its original source image and written beside
+    built triplets; its rejects are counted once."""
     import shutil
 
     img = tmp_path / "data" / "img"
@@ -232,15 +232,17 @@ def test_dataset_sources_mixed_in(tmp_path, example_dir):
             {"id": "p2", "source_image": "img/gen_0.png", "target_image": "img/edit_0_1.png",
              "instruction": "Make it a kitchen.", "reverse_instruction": "Make it a street."}]
     (tmp_path / "data" / "a.jsonl").write_text(json.dumps(rows[0]) + "\n{not json\n", encoding="utf-8")
-    (tmp_path / "data" / "b.jsonl").write_text(json.dumps(rows[1]) + "\n", encoding="utf-8")
+    (tmp_path / "data" / "b.jsonl").write_text(json.dumps(rows[1]) + "\n" + json.dumps(rows[0]) + "\n",
+                                               encoding="utf-8")  # p1 again: both directions duplicate
     r = small_recipe(sources=[{"kind": "scenes", "count": 4, "size": 64},
                               {"kind": "dataset", "name": "pairs", "format": "edit-pairs",
                                "inputs": ["data/*.jsonl"], "images_root": "data"}],
                      edits={"add": 2}, splits={"train": 0.5, "test": 0.5}, seed=1)
     record = build(write_recipe(tmp_path, r), tmp_path / "run")
-    assert record["datasets"]["pairs"] == {"input": 5, "accepted": 4, "rejected": 1}
-    rejects = (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()
-    assert len(rejects) == 1 and "a.jsonl" in rejects[0]
+    assert record["datasets"]["pairs"] == {"input": 7, "accepted": 4, "rejected": 3}
+    rejects = [json.loads(x) for x in (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in rejects] == ["a.jsonl", "b.jsonl", "b.jsonl"]
+    assert all("duplicate id" in r["reason"] for r in rejects[1:])
     pairs = [s for s in _samples(tmp_path / "run") if s["source"] == "pairs"]
     assert sorted(s["id"] for s in pairs) == ["pairs_p1", "pairs_p1_rev", "pairs_p2", "pairs_p2_rev"]
     by_pair: dict[str, set] = {}

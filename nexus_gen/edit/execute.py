@@ -367,17 +367,24 @@ def _run_dataset(plan: ShardPlan, part: DatasetPart, ctx: BuildContext, writer: 
             _write(writer, s, res)
         pending.clear()
 
-    for path in part.inputs:
-        kwargs: dict[str, Any] = {"source": part.source}
-        if part.language and part.format in ("captions", "edit-pairs", "imagepulse"):
-            kwargs["language"] = part.language
-        opts = BuildOptions(Path(part.images_root) if part.images_root else Path(path).resolve().parent)
-        for item in mod.read(Path(path), **kwargs):
+    from nexus_gen.data.records import input_names
+
+    kwargs: dict[str, Any] = {"source": part.source}
+    if part.language and part.format in ("captions", "edit-pairs", "imagepulse"):
+        kwargs["language"] = part.language
+    opts = BuildOptions(Path(part.images_root))
+    paths = [Path(p) for p in part.inputs]
+    seen: set[str] = set()  # every split's plan reads every record: the same decisions in each
+    for path, name in zip(paths, input_names(paths)):
+        for item in mod.read(path, name=name, **kwargs):
             counts["input"] += part.emit_rejects
             try:
                 if isinstance(item, Reject):
                     raise DraftError(item.reason)
                 sample = build_sample(item, opts)
+                if sample["id"] in seen:
+                    raise DraftError(f"duplicate id {sample['id']!r}: an earlier sample of this source has it")
+                seen.add(sample["id"])
             except Exception as exc:
                 counts["rejected"] += part.emit_rejects
                 if part.emit_rejects:

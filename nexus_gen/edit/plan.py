@@ -19,7 +19,7 @@ import xxhash
 
 from nexus_gen.edit.backends import BACKENDS
 from nexus_gen.edit.backends.base import EditSpec, SourceRef
-from nexus_gen.edit.recipe import DATA_SUFFIXES, Recipe, recipe_hash, resolve_paths, source_label
+from nexus_gen.edit.recipe import Recipe, recipe_hash, relative_to, resolve_paths, source_label
 from nexus_gen.scenes.scene import random_scene
 
 
@@ -172,8 +172,12 @@ def make_plan(recipe: Recipe, base: Path) -> Plan:
         for i, src in enumerate(recipe.sources):
             if src.kind != "dataset":
                 continue
-            inputs = tuple(str(p) for p in resolve_paths(src.inputs, base, DATA_SUFFIXES))
-            root = str((base / src.images_root).resolve()) if src.images_root else None
+            from nexus_gen.data.convert import default_images_root
+            from nexus_gen.data.records import expand_inputs
+
+            named = relative_to(base, src.inputs)
+            inputs = tuple(str(p) for p in expand_inputs(named))
+            root = str((base / src.images_root).resolve() if src.images_root else default_images_root(named))
             part = DatasetPart(source_label(src, i), src.format, inputs, root, src.language,
                                emit_rejects=split == next(iter(recipe.splits)))
             shards.append(ShardPlan(f"{split}-{idx:05d}", split, dataset=part))

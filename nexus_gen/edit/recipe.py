@@ -244,18 +244,21 @@ def load_recipe(path_or_name: Union[str, Path]) -> tuple[Recipe, Path]:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 
-def resolve_paths(patterns: list[str], base: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
-    """Files named by paths, folders (their files with these suffixes, sorted) or globs,
-    relative to `base`."""
+def relative_to(base: Path, patterns: list[str]) -> list[str]:
+    """Recipe paths and globs made absolute against the recipe's folder."""
+    return [str(Path(p).expanduser()) if Path(p).expanduser().is_absolute() else str(base / p)
+            for p in patterns]
+
+
+def resolve_paths(patterns: list[str], base: Path) -> list[Path]:
+    """Image files named by paths, folders (their images, sorted) or globs, relative to `base`."""
     out: list[Path] = []
     for pat in patterns:
-        p = Path(pat).expanduser()
-        p = p if p.is_absolute() else base / p
+        p = Path(relative_to(base, [pat])[0])
         if p.is_dir():
-            out += sorted(x for x in p.iterdir() if x.is_file() and x.suffix.lower() in suffixes)
+            out += sorted(x for x in p.iterdir() if x.is_file() and x.suffix.lower() in IMAGE_SUFFIXES)
         elif any(c in pat for c in "*?["):
             out += [Path(m) for m in sorted(glob.glob(str(p), recursive=True)) if Path(m).is_file()]
         else:
@@ -266,19 +269,20 @@ def resolve_paths(patterns: list[str], base: Path, suffixes: tuple[str, ...] = I
 def _check_paths(recipe: Recipe, base: Path, where: str) -> None:
     """Globs and folders that match nothing are config errors; a missing single file is not (it
     becomes a reject at build time, so one lost photo does not stop a nightly run)."""
+    from nexus_gen.data.convert import check_header
+    from nexus_gen.data.records import expand_inputs
+
     for i, s in enumerate(recipe.sources):
-        pats = s.paths if s.kind == "images" else s.inputs if s.kind == "dataset" else []
-        for pat in pats:
-            if any(c in pat for c in "*?[") and not resolve_paths([pat], base):
-                raise RecipeError(f"{where}: sources.{i}: pattern {pat!r} matches no file (relative to {base})")
-        if s.kind == "dataset":
-            found = resolve_paths(s.inputs, base, DATA_SUFFIXES)
-            missing = [str(p) for p in found if not p.exists()]
-            if missing:
-                raise RecipeError(f"{where}: sources.{i}.inputs: no such file(s): {', '.join(missing)}")
-            if not found:
-                raise RecipeError(f"{where}: sources.{i}.inputs: no data file ({', '.join(DATA_SUFFIXES)}) "
-                                  f"in {', '.join(s.inputs)}")
+        if s.kind == "images":
+            for pat in s.paths:
+                if any(c in pat for c in "*?[") and not resolve_paths([pat], base):
+                    raise RecipeError(f"{where}: sources.{i}: pattern {pat!r} matches no file (relative to {base})")
+        if s.kind == "dataset":  # the converter's own input rules: files, folders, globs, datasets
+            try:
+                for p in expand_inputs(relative_to(base, s.inputs)):
+                    check_header(s.format, p)
+            except (ValueError, FileNotFoundError) as exc:
+                raise RecipeError(f"{where}: sources.{i}.inputs: {exc}") from None
 
 
 def recipe_hash(recipe: Recipe) -> str:

@@ -53,7 +53,7 @@ def check_header(fmt: str, path: Path) -> None:
                          f"{' and '.join(missing)}{_try(formats_for(columns), fmt)}")
 
 
-def _default_images_root(inputs: list[PathLike]) -> Path:
+def default_images_root(inputs: list[PathLike]) -> Path:
     """The deepest folder holding every input as named: a folder itself, a file's folder, the
     folders of a glob's matches."""
     dirs = []
@@ -100,7 +100,7 @@ def convert_files(fmt: str, inputs: Union[PathLike, Iterable[PathLike]], out_dir
             kwargs["language"] = language
         else:
             raise ValueError(f"--language applies to captions, edit-pairs and imagepulse, not {fmt}")
-    opts = BuildOptions(Path(images_root) if images_root is not None else _default_images_root(inputs), verify)
+    opts = BuildOptions(Path(images_root) if images_root is not None else default_images_root(inputs), verify)
     names = input_names(paths)
     mod = FORMATS[fmt]
     for p in paths:  # unknown suffixes, unreadable tables and wrong headers stop here, before any work
