@@ -1,7 +1,7 @@
 """Score many edit triplets (source, target, instruction, captions) with shared encodings.
 
 Every distinct image and text of a chunk is encoded once (and cached across chunks and calls);
-each distinct image is read, hashed and decoded once for CLIP, DINO and the pixel metrics
+each distinct image is read, keyed and decoded once for CLIP, DINO and the pixel metrics
 together, in workers, while the text forward passes run. Columns per metric:
   clip_t    -> clip_t (target image vs target caption), clip_t_source (source vs its caption)
   clipscore -> clipscore, clipscore_source ("A photo depicts " + caption, 2.5 * max(cos, 0))
@@ -26,7 +26,7 @@ from nexus_gen.scoring import metrics as M
 from nexus_gen.scoring.clip import ClipEncoder
 from nexus_gen.scoring.dino import DinoEncoder
 from nexus_gen.scoring.image_encoder import ImageEmbeddings, ImageJob
-from nexus_gen.scoring.image_inputs import ImageInput
+from nexus_gen.scoring.image_inputs import HASH_FIELD, ImageInput
 from nexus_gen.scoring.pixels import PixelPairs
 from nexus_gen.scoring.prefetch import default_workers
 
@@ -77,13 +77,16 @@ def metric_columns(metrics: Sequence[str]) -> list[str]:
 
 
 def _dedupe(images: list[ImageInput]) -> tuple[list[ImageInput], list[int]]:
-    """Unique inputs (by value for paths/bytes, by identity otherwise) and the index of each."""
+    """Unique inputs (by value for paths/bytes, by content key for structs that carry one, by
+    identity otherwise) and the index of each."""
     uniq: list[ImageInput] = []
     where: dict[Any, int] = {}
     idx = []
     for im in images:
+        known = im.get(HASH_FIELD) if isinstance(im, dict) else None
         key = ("v", os.fspath(im)) if isinstance(im, (str, os.PathLike)) else \
-            ("b", bytes(im)) if isinstance(im, (bytes, bytearray)) else ("o", id(im))
+            ("b", bytes(im)) if isinstance(im, (bytes, bytearray)) else \
+            ("h", known) if isinstance(known, str) and known else ("o", id(im))
         if key not in where:
             where[key] = len(uniq)
             uniq.append(im)
@@ -135,7 +138,7 @@ class EditScorer:
                             masks=[t.mask for t in chunk] if "l1_masked" in want else None,
                             which=tuple(m for m in ("l1", "l2") if m in want)) \
             if want & PIXEL_METRICS else None
-        # one job: each distinct image is read, hashed and decoded once for every consumer
+        # one job: each distinct image is read, keyed and decoded once for every consumer
         job = ImageJob(encoders, uniq, self.batch_size, self.workers, None, sink=pixels)
         job.wait_ready()  # on CPU: decode with every core first, then texts
         texts: dict[str, torch.Tensor] = {}

@@ -1,4 +1,4 @@
-"""An in-memory embedding cache keyed by (model id, content sha256), shared by all encoders.
+"""An in-memory embedding cache keyed by (model id, content key), shared by all encoders.
 
 Scoring the same image (or text) twice with the same model costs one forward pass. Bounded
 LRU; thread-safe; hit and miss counts are kept for checks and logs."""
@@ -12,7 +12,7 @@ import torch
 
 
 class EmbeddingCache:
-    """LRU map (model_key, sha256) -> 1-D float32 cpu tensor."""
+    """LRU map (model_key, content key) -> 1-D float32 cpu tensor."""
 
     def __init__(self, max_items: int = 200_000) -> None:
         if max_items < 0:
@@ -23,24 +23,24 @@ class EmbeddingCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, model_key: str, sha: str) -> Optional[torch.Tensor]:
+    def get(self, model_key: str, key: str) -> Optional[torch.Tensor]:
         """The cached vector, or None (counted as a miss)."""
         with self._lock:
-            vec = self._data.get((model_key, sha))
+            vec = self._data.get((model_key, key))
             if vec is None:
                 self.misses += 1
                 return None
-            self._data.move_to_end((model_key, sha))
+            self._data.move_to_end((model_key, key))
             self.hits += 1
             return vec
 
-    def put(self, model_key: str, sha: str, vec: torch.Tensor) -> None:
+    def put(self, model_key: str, key: str, vec: torch.Tensor) -> None:
         """Store one vector (evicting the least recently used beyond `max_items`)."""
         if self.max_items == 0:
             return
         with self._lock:
-            self._data[(model_key, sha)] = vec
-            self._data.move_to_end((model_key, sha))
+            self._data[(model_key, key)] = vec
+            self._data.move_to_end((model_key, key))
             while len(self._data) > self.max_items:
                 self._data.popitem(last=False)
 

@@ -1,6 +1,6 @@
 """The batched image-embedding pipeline shared by the CLIP and DINO encoders.
 
-Inputs are read and hashed (sha256) in worker threads, de-duplicated and looked up in the
+Inputs are read and keyed (xxh3-128, see `images.read_input`) in worker threads, de-duplicated and looked up in the
 embedding cache; only distinct misses are decoded and preprocessed, in workers, ahead of the
 forward pass that runs batched on the caller thread under `torch.inference_mode`. One job can
 feed several encoders (and a `DecodedSink`, e.g. pixel metrics) at once: each distinct image is
@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from nexus_gen.parallel import ordered_map
 from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
 from nexus_gen.scoring.image_inputs import ImageInput, ImageLoadError, describe, read_input, to_rgb
-from nexus_gen.scoring.prefetch import OrderedPrefetcher, default_workers, worker_pool
+from nexus_gen.scoring.prefetch import default_workers, worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class ImageEmbeddings:
 
     vectors: torch.Tensor  # [N, D] float32 cpu, L2-normalised
     errors: list[Optional[str]]
-    keys: list[Optional[str]]  # content sha256 per item (None if unreadable)
+    keys: list[Optional[str]]  # content key per item (None if unreadable)
 
     @property
     def ok(self) -> torch.Tensor:
@@ -47,7 +48,7 @@ class DecodedSink(Protocol):
     """Another consumer of a job's decoded images, beside its encoders (called from workers)."""
 
     def start(self, keys: list[Optional[str]], read_errors: list[Optional[BaseException]]) -> None:
-        """Every item has been read: its sha256 key, or why it could not be read."""
+        """Every item has been read: its content key, or why it could not be read."""
 
     def decoded(self, key: str, image: Optional[Image.Image], error: Optional[BaseException]) -> None:
         """One distinct image: decoded RGB (after the encoders' PIL steps), or why it failed."""
@@ -160,13 +161,14 @@ class ImageJob:
             if self._sink is not None:
                 self._sink.start(list(self._keys), list(self._read_errors))
             if self._overlap:
-                prefetcher = OrderedPrefetcher(self._prepare, todo, workers=self._workers,
-                                               lookahead=max(2 * self._bs, 2 * self._workers))
-                try:
-                    for res in prefetcher:
-                        self._q.put(res)
-                finally:
-                    prefetcher.close()
+                with worker_pool(self._workers) as pool:
+                    prepared = ordered_map(self._prepare, todo, pool,
+                                           ahead=max(2 * self._bs, 2 * self._workers))
+                    try:
+                        for res in prepared:
+                            self._q.put(res)
+                    finally:
+                        prepared.close()  # cancels what has not started
             else:
                 with worker_pool(self._workers) as pool:
                     for w, s in enumerate(range(0, len(todo), self._window)):

@@ -8,7 +8,6 @@ import re
 import json
 import logging
 import os
-from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from nexus_gen.data.records import Location, Record
 from nexus_gen.data.shards import DEFAULT_SHARD_BYTES, ShardWriter, meta_json
 from nexus_gen.data.templates import detect_language, detect_task
 from nexus_gen.data.validate import sample_problems
+from nexus_gen.parallel import ordered_map
 
 log = logging.getLogger(__name__)
 VERIFY_MODES = ("header", "full")
@@ -224,29 +224,6 @@ def convert_workers(verify: str) -> int:
     syscalls: extra threads only contend for the GIL, so they run in the caller's thread while
     the shard writer's threads write and hash (measured fastest, bench/shards.py)."""
     return max(2, os.cpu_count() or 1) if verify == "full" else 1
-
-
-def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], pool: Executor, ahead: int,
-                chunk: int = 1) -> Iterator[Any]:
-    """`pool.map` that keeps at most `ahead` chunks of `chunk` items in flight (bounded memory),
-    results in input order. Chunks cut the per-task hand-off cost for small items."""
-    def run(batch: list[Any]) -> list[Any]:
-        return [fn(it) for it in batch]
-
-    window: deque = deque()
-    batch: list[Any] = []
-    for it in items:
-        batch.append(it)
-        if len(batch) < chunk:
-            continue
-        window.append(pool.submit(run, batch))
-        batch = []
-        if len(window) >= ahead:
-            yield from window.popleft().result()
-    if batch:
-        window.append(pool.submit(run, batch))
-    while window:
-        yield from window.popleft().result()
 
 
 @dataclass
