@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import skimage.data
+import xxhash
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
@@ -66,10 +67,14 @@ def test_score_command_writes_scores_by_id_and_rejects(shards, tmp_path):
                                  "--out", str(out), "--clip", "tiny", "--dino", "tiny",
                                  "--batch-size", "2"])
     assert r.exit_code == 0, r.output
-    assert "in 6 = scored 3 + rejected 2 + not editing 1" in r.output
+    assert "in 6 = scored 4 (editing 3, generation 1) + rejected 2 + skipped 0 (none)" in r.output
     table = pq.read_table(out)
-    assert table.column("id").to_pylist() == ["edit-0", "edit-1", "edit-2"]
-    assert set(table.column("edit_type").to_pylist()) == {"add"}
+    assert table.column("id").to_pylist() == ["edit-0", "edit-1", "edit-2", "gen-0"]
+    assert table.column("task").to_pylist() == ["editing"] * 3 + ["generation"]
+    assert table.column("edit_type").to_pylist() == ["add"] * 3 + [None]
+    # no meta.source_key nor fingerprints in these shards: the xxh3-128 of the source image bytes
+    assert table.column("source_key").to_pylist() == [
+        xxhash.xxh3_128_hexdigest(s["images"][0]["bytes"]) for s in samples[:3] + samples[5:]]
     meta = read_scores_metadata(out)
     assert meta["metrics"] == ["clip_t", "clip_i", "clip_dir", "dino", "l1"]
     assert meta["models"]["clip"].startswith("clip-tiny@") and meta["models"]["dino"].startswith("dino-tiny@")
@@ -78,7 +83,12 @@ def test_score_command_writes_scores_by_id_and_rejects(shards, tmp_path):
                         metrics="clip_t,clip_i,clip_dir,dino,l1")
     want = scorer.score_all([triplet_from_sample(s) for s in samples[:3]])
     for c in ("clip_t", "clip_t_source", "clip_i", "clip_dir", "dino", "l1"):
-        np.testing.assert_allclose(table.column(c).to_pylist(), [w[c] for w in want], atol=1e-6)
+        np.testing.assert_allclose(table.column(c).to_pylist()[:3], [w[c] for w in want], atol=1e-6)
+    # the generation sample: its image against the prompt the template wraps ("a cat")
+    clip = load_clip("tiny", cache=EmbeddingCache())
+    img, txt = clip.encode_images([samples[5]["images"][0]["bytes"]]), clip.encode_texts(["a cat"])
+    assert table.column("clip_t").to_pylist()[3] == pytest.approx(float(img[0] @ txt[0]), abs=1e-5)
+    assert table.column("dino").to_pylist()[3] is None
     rejects = [json.loads(l) for l in (tmp_path / "scores.rejects.jsonl").read_text().splitlines()]
     assert {x["id"] for x in rejects} == {"edit-3", "one-image"}
     reasons = {x["id"]: x["reason"] for x in rejects}
@@ -111,3 +121,55 @@ def test_missing_shards_fail_clearly(tmp_path):
     r = CliRunner().invoke(app, ["score", str(tmp_path / "nope"), "--out", str(tmp_path / "s.parquet"),
                                  "--clip", "tiny", "--metrics", "clip_i"])
     assert r.exit_code != 0 and "no shards" in r.output
+
+
+def _no_work(monkeypatch):
+    """Make any model load or scoring fail the test: errors must come before work."""
+    import nexus_gen.scoring.clip as clip_mod
+    import nexus_gen.scoring.shard_scores as ss
+
+    def boom(*a, **k):
+        raise AssertionError("work started before the options were checked")
+
+    monkeypatch.setattr(clip_mod, "load_clip", boom)
+    monkeypatch.setattr(ss, "score_shards", boom)
+
+
+def test_out_an_existing_folder_fails_before_any_work(shards, tmp_path, monkeypatch):
+    _no_work(monkeypatch)
+    r = CliRunner().invoke(app, ["score", str(shards[0]), "-o", str(tmp_path), "--clip", "tiny",
+                                 "--dino", "tiny"])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [
+        f"error: --out: scores file {tmp_path} is an existing folder; give a file path, "
+        f"e.g. {tmp_path / 'scores.parquet'}"]
+    assert not [p for p in tmp_path.iterdir()]  # no .tmp files
+
+
+@pytest.mark.parametrize("device, says", [
+    ("gpu", "error: --device: unknown device 'gpu': use cpu, cuda or cuda:N"),
+    ("cuda", "error: --device: device 'cuda': this machine has no usable CUDA GPU"),
+])
+def test_a_device_this_machine_lacks_is_one_line(shards, tmp_path, monkeypatch, device, says):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this GPU-less machine
+    _no_work(monkeypatch)
+    r = CliRunner().invoke(app, ["score", str(shards[0]), "-o", str(tmp_path / "s.parquet"),
+                                 "--device", device, "--clip", "tiny", "--dino", "tiny"])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit)
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(says), r.output
+
+
+def test_default_models_offline_are_one_line_naming_the_option_and_the_fix(shards, tmp_path):
+    out = tmp_path / "s.parquet"
+    r = CliRunner().invoke(app, ["score", str(shards[0]), "-o", str(out)])  # small CLIP, paper DINO
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.output
+    assert lines[0].startswith("error: --clip: CLIP 'small': timm/vit_base_patch32_clip_224.openai "
+                               "is not in the local Hugging Face cache and the hub is offline")
+    assert "'tiny'" in lines[0] and not out.exists()
+    r = CliRunner().invoke(app, ["score", str(shards[0]), "-o", str(out), "--metrics", "dino"])
+    assert r.exit_code == 2 and r.output.startswith("error: --dino: DINO 'paper': facebook/dino-vits16")

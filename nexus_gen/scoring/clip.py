@@ -20,15 +20,14 @@ import torch.nn.functional as F
 from nexus_gen.hashing import file_sha256
 from nexus_gen.scoring.clip_profiles import expand_profile
 from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
+from nexus_gen.scoring.hub import ModelUnavailableError, hub_files
 from nexus_gen.scoring.image_encoder import ImageEncoderBase
+
+__all__ = ["ClipEncoder", "ClipSpec", "ModelUnavailableError", "load_clip", "resolve_clip_spec"]
 
 log = logging.getLogger(__name__)
 
 RANDOM_SEED = 0
-
-
-class ModelUnavailableError(RuntimeError):
-    """The named model's weights cannot be found or loaded here (e.g. offline, not cached)."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +203,27 @@ def _is_plain_clip(model: torch.nn.Module) -> bool:
     return type(model) is open_clip.model.CLIP
 
 
+def _hub_guard(rs: ClipSpec, what: str, fix: str):
+    """`hub.hub_files` for a spec whose weights come from the hub (a tag or `hf-hub:`), else a
+    no-op: a fast, one-line failure instead of network retries when they cannot be had."""
+    import contextlib
+
+    import open_clip
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    if rs.kind == "hf-hub":
+        return hub_files(what, rs.model_name[len("hf-hub:"):], ["open_clip_config.json"], fix)
+    if rs.kind == "tag":
+        hub = open_clip.get_pretrained_cfg(rs.model_name, rs.pretrained).get("hf_hub")
+        if hub:
+            repo, fname = os.path.split(hub)
+            fname = fname or HF_WEIGHTS_NAME
+            names = [fname, HF_SAFE_WEIGHTS_NAME if fname == HF_WEIGHTS_NAME else
+                     os.path.splitext(fname)[0] + ".safetensors"]
+            return hub_files(what, repo, names, fix)
+    return contextlib.nullcontext()
+
+
 def load_clip(spec: str = "small", *, device: Union[str, torch.device] = "cpu",
               dtype: Optional[torch.dtype] = None, cache: Optional[EmbeddingCache] = None) -> ClipEncoder:
     """Load a CLIP encoder from a spec (see module doc). On CUDA the default dtype is bf16 and
@@ -215,20 +235,24 @@ def load_clip(spec: str = "small", *, device: Union[str, torch.device] = "cpu",
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rs = resolve_clip_spec(spec)
     kwargs = dict(pretrained=rs.pretrained, force_quick_gelu=rs.force_quick_gelu)
+    fix = (f"use the offline 'tiny' profile, pass '{rs.model_name.split(':')[0]}:/path/weights.safetensors' "
+           "or 'local-dir:/path', or run once online to fill the cache")
     try:
-        if rs.kind == "random":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(RANDOM_SEED)
-                model, _, preprocess = open_clip.create_model_and_transforms(rs.model_name)
-        else:
-            model, _, preprocess = open_clip.create_model_and_transforms(rs.model_name, **kwargs)
+        with _hub_guard(rs, f"CLIP {spec!r}", fix):
+            if rs.kind == "random":
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(RANDOM_SEED)
+                    model, _, preprocess = open_clip.create_model_and_transforms(rs.model_name)
+            else:
+                model, _, preprocess = open_clip.create_model_and_transforms(rs.model_name, **kwargs)
     except (RuntimeError, OSError) as exc:
+        if isinstance(exc, ModelUnavailableError):
+            raise
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        why = " ".join(str(exc).split())
         raise ModelUnavailableError(
             f"cannot load CLIP {spec!r} ({rs.model_name}, weights {rs.pretrained or rs.kind})"
-            f"{' with HF_HUB_OFFLINE=1' if offline else ''}: {exc}. Put the weights in the local "
-            f"Hugging Face cache (one online run), or pass '{rs.model_name}:/path/weights.safetensors' "
-            "or 'local-dir:/path'") from exc
+            f"{' with HF_HUB_OFFLINE=1' if offline else ''}: {why}; {fix}") from exc
     tokenizer = open_clip.get_tokenizer(rs.model_name)
     model.eval().requires_grad_(False)
     model.to(device=device, dtype=dtype)

@@ -7,6 +7,7 @@ to the model's input size, ImageNet mean/std. Features are the final-layernorm C
 returned L2-normalised (so the DINO score is a dot product)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from nexus_gen.hashing import update_from_file
 from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
+from nexus_gen.scoring.hub import ModelUnavailableError, hub_files, quiet_progress
 from nexus_gen.scoring.image_encoder import ImageEncoderBase
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,6 @@ def load_dino(spec: str = "paper", *, device: Union[str, torch.device] = "cpu",
     must already be in the local cache, else `ModelUnavailableError`)."""
     from transformers import ViTModel
 
-    from nexus_gen.scoring.clip import ModelUnavailableError
-
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"DINO spec must be a non-empty string, got {spec!r}")
     device = torch.device(device)
@@ -86,12 +86,16 @@ def load_dino(spec: str = "paper", *, device: Union[str, torch.device] = "cpu",
         model_id = f"{source.name}@sha256:{_weights_id(source)}"
     else:
         source = model_id = PROFILES.get(spec, spec)
+    fix = ("use the offline 'tiny' profile, pass a local folder saved with save_pretrained, or "
+           "run once online to fill the cache")
+    guard = hub_files(f"DINO {spec!r}", str(source), ["config.json"], fix) \
+        if isinstance(source, str) else contextlib.nullcontext()
     try:
-        model = ViTModel.from_pretrained(str(source), add_pooling_layer=False)
+        with guard, quiet_progress():
+            model = ViTModel.from_pretrained(str(source), add_pooling_layer=False)
     except (OSError, ValueError) as exc:
-        raise ModelUnavailableError(
-            f"cannot load DINO {spec!r} ({source}): {exc}. Download it once into the Hugging Face "
-            "cache, or pass a local directory saved with save_pretrained") from exc
+        why = " ".join(str(exc).split())
+        raise ModelUnavailableError(f"cannot load DINO {spec!r} ({source}): {why}; {fix}") from exc
     model.eval().requires_grad_(False)
     model.to(device=device, dtype=dtype)
     if device.type == "cuda":

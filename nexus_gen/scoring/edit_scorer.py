@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from nexus_gen.scoring import metrics as M
-from nexus_gen.scoring.clip import ClipEncoder
+from nexus_gen.scoring.clip import ClipEncoder  # or a ChineseClipEncoder: same API
 from nexus_gen.scoring.dino import DinoEncoder
 from nexus_gen.scoring.image_encoder import ImageEmbeddings, ImageJob
 from nexus_gen.scoring.image_inputs import HASH_FIELD, ImageInput
@@ -112,6 +112,11 @@ class EditScorer:
         self.workers = workers or default_workers()
         self.columns = metric_columns(self.metrics)
 
+    @property
+    def clipscore_prefix(self) -> str:
+        """CLIPScore's caption prefix (English); an encoder may name its own (Chinese-CLIP: none)."""
+        return getattr(self.clip, "clipscore_prefix", M.CLIPSCORE_PREFIX)
+
     def score(self, triplets: Iterable[EditTriplet], chunk_size: int = 512) -> Iterator[dict]:
         """One row per triplet, in order: `id`, the metric columns, `error`."""
         chunk: list[EditTriplet] = []
@@ -145,7 +150,7 @@ class EditScorer:
         if want & {"clip_t", "clip_dir", "clipscore"}:
             caps = [c for t in chunk for c in (t.source_caption, t.target_caption) if c]
             if "clipscore" in want:
-                caps += [M.CLIPSCORE_PREFIX + c for c in list(caps)]
+                caps += [self.clipscore_prefix + c for c in list(caps)]
             caps = list(dict.fromkeys(caps))
             if caps:
                 texts = dict(zip(caps, self.clip.encode_texts(caps, batch_size=64)))
@@ -212,7 +217,7 @@ class EditScorer:
             if "clip_dir" in want:
                 self._put(rows, "clip_dir", M.clip_dir(src, tgt, sc, tc), s_ok & t_ok)
         if "clipscore" in want:
-            sp, s_ok = cap_emb("source_caption", M.CLIPSCORE_PREFIX)
-            tp, t_ok = cap_emb("target_caption", M.CLIPSCORE_PREFIX)
+            sp, s_ok = cap_emb("source_caption", self.clipscore_prefix)
+            tp, t_ok = cap_emb("target_caption", self.clipscore_prefix)
             self._put(rows, "clipscore", M.clipscore(tgt, tp), t_ok)
             self._put(rows, "clipscore_source", M.clipscore(src, sp), s_ok)

@@ -65,3 +65,45 @@ def tiny_clip_dir() -> Path:
 def tiny_dino_dir() -> Path:
     """The tiny DINO `from_pretrained` folder, built on first use."""
     return build_once("dino-tiny", _build_dino)
+
+
+# A Chinese-CLIP (BERT text tower + ViT), shrunk. Its tokenizer is a BERT WordPiece tokenizer
+# over a small vocabulary written on the fly: the special tokens, printable ASCII and every CJK
+# unified ideograph (BERT splits Chinese into single characters), so nothing is downloaded.
+TINY_CHINESE_CLIP_CONFIG = dict(
+    text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64),
+    vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64),
+    projection_dim=32)
+
+
+def _tiny_vocab() -> list[str]:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    ascii_ = [chr(c) for c in range(33, 127)]
+    return specials + ascii_ + ["##" + c for c in ascii_] + [chr(c) for c in range(0x4E00, 0xA000)]
+
+
+def _build_chinese_clip(out: Path) -> None:
+    from transformers import (BertTokenizer, ChineseCLIPConfig, ChineseCLIPImageProcessor,
+                              ChineseCLIPModel, ChineseCLIPProcessor)
+
+    vocab = _tiny_vocab()
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(str(out / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)
+    size = TINY_CHINESE_CLIP_CONFIG["vision_config"]["image_size"]
+    images = ChineseCLIPImageProcessor(size={"height": size, "width": size},
+                                       crop_size={"height": size, "width": size},
+                                       image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD))
+    cfg = dict(TINY_CHINESE_CLIP_CONFIG)
+    cfg["text_config"] = dict(cfg["text_config"], vocab_size=len(vocab))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = ChineseCLIPModel(ChineseCLIPConfig(**cfg))
+    model.save_pretrained(str(out), safe_serialization=True)
+    ChineseCLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(str(out))
+
+
+def tiny_chinese_clip_dir() -> Path:
+    """The tiny Chinese-CLIP `from_pretrained` folder (model + processor), built on first use."""
+    return build_once("chinese-clip-tiny", _build_chinese_clip)

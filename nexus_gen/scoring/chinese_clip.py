@@ -1,0 +1,144 @@
+"""Chinese-CLIP (transformers' `ChineseCLIPModel`) for text in Chinese: OpenAI's CLIP has an
+English BPE vocabulary, so its score of a Chinese caption or prompt means nothing.
+
+Specs: `tiny` (a small random-init model built locally, offline, with a tokenizer built from a
+small vocabulary), `paper` = `OFA-Sys/chinese-clip-vit-base-patch16`, any hub id or a local
+`save_pretrained` folder (model + processor). Images go through the model's own
+`ChineseCLIPProcessor` (direct resize to the input size, bicubic, OpenAI mean/std); features are
+`get_image_features` / `get_text_features`, L2-normalised. The encoder has the same API as the
+open_clip `ClipEncoder` (batched cached images, `encode_texts`), so `EditScorer` takes either."""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+import xxhash
+
+from nexus_gen.scoring.dino import _weights_id
+from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
+from nexus_gen.scoring.hub import ModelUnavailableError, hub_files, quiet_progress
+from nexus_gen.scoring.image_encoder import ImageEncoderBase
+
+log = logging.getLogger(__name__)
+
+PROFILES = {"paper": "OFA-Sys/chinese-clip-vit-base-patch16"}
+DEFAULT = "paper"
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def is_chinese(text: Optional[str]) -> bool:
+    """Whether `text` holds CJK characters (then it is scored with Chinese-CLIP)."""
+    return bool(text) and bool(_CJK.search(text))
+
+
+def _features(out) -> torch.Tensor:
+    """`get_*_features` returns a tensor (transformers 4) or an output with `pooler_output` (5)."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+class ChineseClipEncoder(ImageEncoderBase):
+    """A loaded Chinese-CLIP: batched, cached image and text embeddings (L2-normalised, fp32 cpu)."""
+
+    clipscore_prefix = ""  # CLIPScore's "A photo depicts " is English: Chinese text goes as it is
+
+    def __init__(self, model: torch.nn.Module, processor, model_id: str, device: torch.device,
+                 dtype: torch.dtype, cache: Optional[EmbeddingCache] = None) -> None:
+        self.model = model
+        self.processor = processor
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype
+        self.cache = cache if cache is not None else default_cache()
+        self.embed_dim = int(model.config.projection_dim)
+        self.max_length = int(model.config.text_config.max_position_embeddings)
+        self.images_forwarded = 0
+        self.texts_forwarded = 0
+
+    def preprocess(self, image) -> torch.Tensor:
+        """The model's own image processor (numpy; runs in the decode workers)."""
+        return self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_image_features(pixel_values=batch))
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """[N, D] L2-normalised float32 cpu text embeddings; distinct texts are encoded once and
+        cached by (model id, xxh3-128 of the text)."""
+        if isinstance(texts, str):
+            raise TypeError("encode_texts takes a list of strings, got one string")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"text {i} is {type(t).__name__}, not str: {t!r}")
+        keys = ["text:" + xxhash.xxh3_128_hexdigest(t.encode("utf-8")) for t in texts]
+        found = {}
+        todo: dict[str, str] = {}
+        for t, k in zip(texts, keys):
+            if k in found or k in todo:
+                continue
+            vec = self.cache.get(self.cache_key, k)
+            if vec is None:
+                todo[k] = t
+            else:
+                found[k] = vec
+        items = list(todo.items())
+        for s in range(0, len(items), batch_size):
+            part = items[s:s + batch_size]
+            tok = self.processor.tokenizer([t for _, t in part], padding=True, truncation=True,
+                                           max_length=self.max_length, return_tensors="pt")
+            with torch.inference_mode():
+                feats = _features(self.model.get_text_features(**{k: v.to(self.device) for k, v in tok.items()}))
+            feats = F.normalize(feats.float(), dim=-1).cpu()
+            self.texts_forwarded += len(part)
+            for (k, _), vec in zip(part, feats):
+                found[k] = vec
+                self.cache.put(self.cache_key, k, vec)
+        if not texts:
+            return torch.empty(0, self.embed_dim)
+        return torch.stack([found[k] for k in keys])
+
+
+def load_chinese_clip(spec: str = DEFAULT, *, device: Union[str, torch.device] = "cpu",
+                      dtype: Optional[torch.dtype] = None,
+                      cache: Optional[EmbeddingCache] = None) -> ChineseClipEncoder:
+    """Load Chinese-CLIP: `tiny`, `paper`, a hub id or a local folder (offline, a hub id must
+    already be cached, else `ModelUnavailableError` at once)."""
+    from transformers import ChineseCLIPModel, ChineseCLIPProcessor
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"Chinese-CLIP spec must be a non-empty string, got {spec!r}")
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if spec == "tiny":
+        from nexus_gen.scoring.tiny_models import tiny_chinese_clip_dir
+
+        source: Union[str, Path] = tiny_chinese_clip_dir()
+        model_id = f"chinese-clip-tiny@sha256:{_weights_id(Path(source))}"
+    elif Path(spec).expanduser().is_dir():
+        source = Path(spec).expanduser().resolve()
+        model_id = f"{source.name}@sha256:{_weights_id(source)}"
+    else:
+        source = model_id = PROFILES.get(spec, spec)
+    fix = ("pass --clip-zh tiny (offline, random weights) or a local save_pretrained folder, or "
+           "run once online to fill the cache")
+    try:
+        import contextlib
+
+        guard = hub_files(f"Chinese-CLIP {spec!r}", source, ["config.json"], fix) \
+            if isinstance(source, str) else contextlib.nullcontext()
+        with guard, quiet_progress():
+            model = ChineseCLIPModel.from_pretrained(str(source))
+            processor = ChineseCLIPProcessor.from_pretrained(str(source))
+    except (OSError, ValueError) as exc:
+        why = " ".join(str(exc).split())
+        raise ModelUnavailableError(f"cannot load Chinese-CLIP {spec!r} ({source}): {why}; {fix}") from exc
+    model.eval().requires_grad_(False)
+    model.to(device=device, dtype=dtype)
+    enc = ChineseClipEncoder(model, processor, str(model_id), device, dtype, cache)
+    log.info("loaded Chinese-CLIP %s on %s (%s)", enc.model_id, device, dtype)
+    return enc
