@@ -173,3 +173,37 @@ def test_default_models_offline_are_one_line_naming_the_option_and_the_fix(shard
     assert "'tiny'" in lines[0] and not out.exists()
     r = CliRunner().invoke(app, ["score", str(shards[0]), "-o", str(out), "--metrics", "dino"])
     assert r.exit_code == 2 and r.output.startswith("error: --dino: DINO 'paper': facebook/dino-vits16")
+
+
+def test_rows_carry_the_group_keys_policies_need(tmp_path):
+    """source_key: meta.source_key, else the build's fingerprint, else the source bytes' xxh3;
+    prompt_id from meta; Chinese captions are scored with Chinese-CLIP, image metrics are not."""
+    from nexus_gen.scoring.chinese_clip import load_chinese_clip
+    from nexus_gen.scoring.shard_scores import score_shards
+
+    src = Image.fromarray(skimage.data.astronaut()).resize((64, 64))
+    tgt = src.copy()
+    ImageDraw.Draw(tgt).rectangle((10, 10, 30, 30), fill=(0, 200, 0))
+    s0 = _edit_sample(0, src, _png(tgt), ["a woman", "a woman with a green square"])
+    s0["meta"].update(source_key="scene-7", prompt_id="p-1")
+    s1 = _edit_sample(1, src, _png(tgt), ["一位女士", "一位女士和一个绿色方块"])
+    s1["meta"]["image_xxh3_128"] = ["f" * 32, "e" * 32]
+    s2 = _edit_sample(2, src, _png(tgt), None)
+    with ShardWriter(tmp_path / "in") as w:
+        for s in (s0, s1, s2):
+            w.write(s)
+    clip, zh = load_clip("tiny", cache=EmbeddingCache()), load_chinese_clip("tiny", cache=EmbeddingCache())
+    run = score_shards([tmp_path / "in"], tmp_path / "s.parquet", chinese_clip=zh,
+                       scorer=EditScorer(clip, metrics="clip_t,clip_i,clip_dir"))
+    assert run.scored == 3 and run.chinese == 1
+    rows = pq.read_table(tmp_path / "s.parquet").to_pylist()
+    assert [r["source_key"] for r in rows] == ["scene-7", "f" * 32, xxhash.xxh3_128_hexdigest(_png(src))]
+    assert [r["prompt_id"] for r in rows] == ["p-1", None, None]
+    z_img = zh.encode_images([_png(src), _png(tgt)])
+    z_txt = zh.encode_texts(["一位女士", "一位女士和一个绿色方块"])
+    assert rows[1]["clip_t_source"] == pytest.approx(float(z_img[0] @ z_txt[0]), abs=1e-5)
+    assert rows[1]["clip_t"] == pytest.approx(float(z_img[1] @ z_txt[1]), abs=1e-5)
+    e_img = clip.encode_images([_png(src), _png(tgt)])
+    assert rows[1]["clip_i"] == pytest.approx(float(e_img[0] @ e_img[1]), abs=1e-5)  # English CLIP
+    assert rows[0]["clip_t"] == pytest.approx(float(e_img[1] @ clip.encode_texts(
+        ["a woman with a green square"])[0]), abs=1e-5)

@@ -6,5 +6,8 @@
 - `edit_scorer.EditScorer`: many (source, target, instruction, captions) triplets, shared encodings.
 - `zeroshot`: clip-benchmark style zero-shot classifier (GenEval colours).
 - `policy.select(table, policy)`: filter policies (`datasets_spec/filters/*.yaml`) on scored tables.
-- `shard_scores.score_shards`: editing shards -> scores parquet + rejects (`nexus-gen score`).
+- `generation.score_generations`: generated images vs their prompts (clip_t, clipscore).
+- `chinese_clip.load_chinese_clip(spec)`: Chinese-CLIP for Chinese captions and prompts.
+- `hub`: fail fast, in one line, when hub weights are neither cached nor downloadable.
+- `shard_scores.score_shards`: editing/generation shards -> scores parquet + rejects (`nexus-gen score`).
 Heavy imports (torch, open_clip, transformers) happen in those modules, not here."""
