@@ -232,18 +232,9 @@ def _where(src: str, ctx: str) -> str:
 
 def load_policy(path_or_name: Union[str, Path]) -> FilterPolicy:
     """A policy from a YAML file, or by name from `datasets_spec/filters/<name>.yaml`."""
-    import yaml
+    from nexus_gen.spec_files import load_spec_yaml
 
-    p = Path(path_or_name)
-    if not p.suffix and not p.exists():
-        p = FILTERS_DIR / f"{path_or_name}.yaml"
-    if not p.is_file():
-        avail = sorted(x.stem for x in FILTERS_DIR.glob("*.yaml"))
-        raise PolicyError(f"no filter policy at {p} (built-in policies: {', '.join(avail)})")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{p}: invalid YAML: {exc}") from exc
+    data, p = load_spec_yaml(path_or_name, FILTERS_DIR, "policy file", PolicyError)
     return policy_from_dict(data, str(p))
 
 
