@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from nexus_gen.data.shards import iter_samples
-from nexus_gen.scoring import images as images_mod
+from nexus_gen.scoring import image_inputs as images_mod
 from nexus_gen.scoring.chinese_clip import load_chinese_clip
 from nexus_gen.scoring.clip import load_clip
 from nexus_gen.scoring.edit_scorer import EditScorer
@@ -122,3 +122,18 @@ def test_chinese_clip_embeddings_are_the_models_own(tmp_path):
     torch.testing.assert_close(enc.encode_texts(texts), F.normalize(ref.text_embeds, dim=-1), atol=1e-5, rtol=1e-4)
     assert enc.processor.tokenizer.tokenize("一只猫") == ["一", "只", "猫"]  # no [UNK]: the vocab reads Chinese
     assert np.isfinite(enc.encode_texts(["a cat"]).numpy()).all()
+
+
+def test_the_tiny_chinese_clip_builds_byte_identically_without_downloads(tmp_path, monkeypatch):
+    import hashlib
+
+    from nexus_gen.models.tiny import tiny_chinese_clip_dir
+
+    builds = []
+    for run in ("a", "b"):
+        monkeypatch.setenv("NEXUS_GEN_CACHE", str(tmp_path / run))
+        folder = tiny_chinese_clip_dir()
+        builds.append({str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+                       for f in sorted(folder.rglob("*")) if f.is_file()})
+    assert builds[0] == builds[1]
+    assert {"model.safetensors", "vocab.txt", "config.json"} <= set(builds[0])

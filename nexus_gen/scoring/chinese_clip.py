@@ -115,7 +115,7 @@ def load_chinese_clip(spec: str = DEFAULT, *, device: Union[str, torch.device] =
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if spec == "tiny":
-        from nexus_gen.scoring.tiny_models import tiny_chinese_clip_dir
+        from nexus_gen.models.tiny import tiny_chinese_clip_dir
 
         source: Union[str, Path] = tiny_chinese_clip_dir()
         model_id = f"chinese-clip-tiny@sha256:{_weights_id(Path(source))}"

@@ -11,7 +11,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from nexus_gen.scoring import metrics as M
-from nexus_gen.scoring.images import ImageInput
+from nexus_gen.scoring.image_inputs import ImageInput
 
 GENERATION_METRICS = ("clip_t", "clipscore")
 

@@ -34,7 +34,7 @@ from nexus_gen.data.templates import generation_prompt
 from nexus_gen.scoring.chinese_clip import is_chinese
 from nexus_gen.scoring.edit_scorer import EditScorer, EditTriplet, metric_columns
 from nexus_gen.scoring.generation import GENERATION_METRICS, GenerationItem, score_generations
-from nexus_gen.scoring.images import HASH_FIELD
+from nexus_gen.scoring.image_inputs import HASH_FIELD
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Tiny random-init CLIP and DINO models for the offline `tiny` profile.
+"""Tiny random-init CLIP, DINO and Chinese-CLIP models for the offline `tiny` profile.
 
 Built once per cache (`nexus_gen.models.cache.build_once`) from small configs with fixed seeds,
 saved as safetensors in the same layout as real weights (an open_clip `local-dir:` folder; a
