@@ -112,8 +112,8 @@ def test_bad_policy_file_and_unknown_name(tmp_path):
     p.write_text("name: [unclosed\n")
     with pytest.raises(PolicyError, match="p.yaml: not valid YAML"):
         load_policy(p)
-    with pytest.raises(PolicyError, match=r"no policy file at .*no_such_policy.yaml \(built-in policy "
-                                          r"files: add, change, default, remove, style\)"):
+    with pytest.raises(PolicyError, match=r"no filter policy file at .*no_such_policy.yaml \(built-in filter "
+                                          r"policy files: add, change, default, remove, style\)"):
         load_policy("no_such_policy")
 
 

@@ -234,7 +234,7 @@ def load_policy(path_or_name: Union[str, Path]) -> FilterPolicy:
     """A policy from a YAML file, or by name from `datasets_spec/filters/<name>.yaml`."""
     from nexus_gen.spec_files import load_spec_yaml
 
-    data, p = load_spec_yaml(path_or_name, FILTERS_DIR, "policy file", PolicyError)
+    data, p = load_spec_yaml(path_or_name, FILTERS_DIR, "filter policy file", PolicyError)
     return policy_from_dict(data, str(p))
 
 
