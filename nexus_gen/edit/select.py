@@ -138,36 +138,20 @@ def _data_files(run_dir: Path) -> list[Path]:
     return [run_dir / DATA_DIR / s["file"] for s in read_manifest(run_dir / DATA_DIR)["shards"]]
 
 
-def _rule_columns(pol: FilterPolicy, mode: str) -> set[str]:
-    cols = {r.column for r in pol.rules if r.if_missing == mode}
-    if pol.top_k is not None and pol.top_k.if_missing == mode:
-        cols |= {c for c in (pol.top_k.column, pol.top_k.group_by) if c}
-    return cols
-
-
 def decide(table: pd.DataFrame, policies: dict[str, FilterPolicy]) -> tuple[set[str], dict[str, Any]]:
-    """Apply each edit type's policy to its rows. Returns the kept triplet ids and the report
-    per edit type. An all-null score column of a type is dropped unless a rule that may not
-    skip names it (see module doc)."""
+    """Apply each edit type's policy to its rows. Returns the kept triplet ids and the report per
+    edit type (`select`'s own: a score null for every row of a type leaves its `if_missing: skip`
+    rules skipped, loudly, and fails rules that may not skip)."""
     kept: set[str] = set()
     report: dict[str, Any] = {}
-    fixed = {"id", "edit_type", "source_key"}
     for et, pol in policies.items():
-        sub = table[table["edit_type"] == et]
-        needed = _rule_columns(pol, "error")
-        empty = [c for c in sub.columns if c not in fixed | needed and sub[c].isna().all()]
         try:
-            out, rep = select(sub.drop(columns=empty), pol)
+            out, rep = select(table[table["edit_type"] == et], pol)
         except PolicyError as exc:
             raise SelectError(f"edit type {et!r}: {exc}; pick a policy whose rules use the run's "
                               "scores, or mark such rules `if_missing: skip`") from None
         kept |= set(out["id"])
-        skipped = [r.name for r in rep.rules if r.skipped]
-        for name in skipped:
-            log.warning("edit type %s: rule %r of policy %s was SKIPPED for every row (the run stored "
-                        "no such score)", et, name, pol.name)
-        report[et] = {"policy": pol.name, "rows_in": rep.rows_in, "rows_out": rep.rows_out,
-                      "rules": [dict(r.__dict__) for r in rep.rules], "skipped_rules": skipped}
+        report[et] = rep.to_dict()
     return kept, report
 
 
