@@ -195,7 +195,7 @@ def inspect_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) 
     return ImageInfo(fmt, img.size[0], img.size[1], img.mode, orientation)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit greyscale: scale 0..65535 to 0..255
@@ -239,7 +239,7 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
         orientation = 1
     if orientation not in (0, 1):
         img = ImageOps.exif_transpose(img)
-    return _to_rgb(img)
+    return to_rgb(img)
 
 
 def encode_png(img: Image.Image) -> bytes:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from nexus_gen.data.images import ImageError, decode_image
 # the decoder's own mode conversion (alpha onto white, 16-bit scaled), reused for PIL inputs
-from nexus_gen.data.images import _to_rgb as _decoder_rgb
+from nexus_gen.data.images import to_rgb as _decoder_rgb
 
 HASH_FIELD = "xxh3_128"  # optional key of an image struct: its bytes' xxh3-128 hex, if known
 
