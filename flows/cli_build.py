@@ -24,7 +24,7 @@ class Runner(str, enum.Enum):
 
 def build(
     recipe: str = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file, or the name of a "
-                                 "built-in recipe in datasets_spec/recipes (demo, imagepulse)."),
+                                 "built-in recipe in datasets_spec/recipes (demo, demo_imagepulse, imagepulse, small)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (resumable: finished shards are kept)."),
     runner: Runner = typer.Option(Runner.threads, "--runner", help="threads, or dask (a LocalCluster, "
                                   "or the scheduler given by --dask-address)."),
@@ -34,10 +34,16 @@ def build(
                                           "(threads, or LocalCluster worker processes; default 1 / 2)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Build only the first N shards "
                                         "(a later run without --limit goes on from there)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Resolve every model id and print the plan; "
+                                 "load no weights, write nothing (exit 1 if a model cannot be loaded)."),
 ) -> None:
     """Build edit triplets and unified training shards from a recipe, scored, with lineage."""
     from nexus_gen.edit.build import RunError, prepare_run, summary_line
     from nexus_gen.edit.recipe import RecipeError
+
+    if dry_run:
+        _dry_run(recipe)
+        return
 
     try:
         run = prepare_run(recipe, out, limit)  # validate and plan before Prefect starts
@@ -69,6 +75,26 @@ def build(
                f"samples {c['samples']} {json.dumps(record['by_task'])}; splits {json.dumps(record['by_split'])}; "
                f"rejects: {out / 'rejects.jsonl'}")
     typer.echo(json.dumps(summary_line(record)))
+
+
+def _dry_run(recipe: str) -> None:
+    from nexus_gen.edit.build import dry_run
+    from nexus_gen.edit.recipe import RecipeError
+
+    try:
+        info = dry_run(recipe)
+    except RecipeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2)
+    typer.echo(f"{info['recipe']} ({info['recipe_file']}, hash {info['recipe_hash']}): {info['planned']} "
+               f"triplets in {info['shards']} shards; by edit type {json.dumps(info['by_edit_type'])}; "
+               f"by split {json.dumps(info['by_split'])}; sources {json.dumps(info['sources'])}")
+    for role, m in info["models"].items():
+        mem = f", ~{m['gpu_memory_gb']} GB GPU (bf16)" if "gpu_memory_gb" in m else ""
+        typer.echo(f"  {role}: {m['spec']} -> {m['id']} [{m['status']}{mem}]")
+    typer.echo(json.dumps(info, ensure_ascii=False, sort_keys=True))
+    if info["problems"]:
+        raise typer.Exit(code=1)
 
 
 def register(root: typer.Typer) -> None:

@@ -116,9 +116,11 @@ def test_role_the_backend_does_not_use(tmp_path):
     assert "models.inpainter" in msg and "detector" in msg
 
 
-def test_planned_backend_validates_but_refuses_to_build(tmp_path):
+def test_imagepulse_recipe_refuses_models_it_cannot_load(tmp_path):
+    """imagepulse is a backend now: the paper recipe stops before any work on its model ids
+    (offline: not in the Hugging Face cache)."""
     from nexus_gen.edit.build import RunError, prepare_run
 
-    with pytest.raises(RunError, match="imagepulse.*not part of this version"):
+    with pytest.raises(RunError, match="models.inpainter: 'paper -> black-forest-labs/FLUX.1-Fill-dev'"):
         prepare_run("imagepulse", tmp_path / "run")
     assert not (tmp_path / "run").exists()

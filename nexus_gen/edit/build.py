@@ -22,7 +22,7 @@ from nexus_gen.data.shards import MANIFEST, MANIFEST_FORMAT, write_json_atomic
 from nexus_gen.edit.execute import (DATA_DIR, STAGING_DIR, TRIPLETS_DIR, BuildContext, package_versions,
                                     read_marker, run_shard, shard_paths)
 from nexus_gen.edit.plan import Plan, ShardPlan, make_plan
-from nexus_gen.edit.recipe import Recipe, RecipeError, load_recipe, recipe_hash
+from nexus_gen.edit.recipe import Recipe, RecipeError, load_recipe, recipe_dump, recipe_hash
 
 log = logging.getLogger(__name__)
 RECIPE_FILE, RUN_FILE, REJECTS_FILE = "recipe.json", "run.json", "rejects.jsonl"
@@ -50,11 +50,17 @@ def prepare_run(recipe: Union[str, Path], out: Union[str, Path], limit: Optional
     """Everything before the first shard: the recipe validated, the plan made, the folder
     checked. Raises RecipeError / RunError before any work."""
     rec, rfile = load_recipe(recipe)
-    from nexus_gen.edit.backends import PLANNED_BACKENDS
+    from nexus_gen.edit.backends import BACKENDS, PLANNED_BACKENDS
 
     if rec.models.editor in PLANNED_BACKENDS:
         raise RunError(f"{rfile}: models.editor {rec.models.editor!r}: "
                        f"{PLANNED_BACKENDS[rec.models.editor][1]}; build a recipe with editor 'scenes'")
+    from nexus_gen.edit.sources import check_source_models
+
+    problems = BACKENDS[rec.models.editor].from_recipe(rec, rfile.parent, device).check_models() \
+        + check_source_models(rec)
+    if problems:  # an id that cannot be loaded stops the run before any work, naming it
+        raise RunError(f"{rfile}: " + f"\n{rfile}: ".join(problems))
     if limit is not None and limit < 1:
         raise RunError(f"--limit must be a positive number of shards, got {limit}")
     out = Path(out)
@@ -88,7 +94,7 @@ def prepare_run(recipe: Union[str, Path], out: Union[str, Path], limit: Optional
     out.mkdir(parents=True, exist_ok=True)
     if not lock.exists():
         write_json_atomic(lock, {"recipe_hash": rhash, "recipe_file": str(rfile),
-                                 "recipe": rec.model_dump(mode="json")}, sort_keys=True)
+                                 "recipe": recipe_dump(rec)}, sort_keys=True)
     return run
 
 
@@ -145,6 +151,7 @@ def finish_run(run: PreparedRun, error: Optional[BaseException] = None) -> dict[
     reasons: dict[str, int] = {}
     by_split: dict[str, int] = {}
     datasets: dict[str, dict[str, int]] = {}
+    instruction_by: dict[str, int] = {}  # captioner: vlm, or template:<why the VLM text was refused>
     for plan, m in done:
         c = m["counts"]
         for k in counts:
@@ -154,6 +161,7 @@ def finish_run(run: PreparedRun, error: Optional[BaseException] = None) -> dict[
         _add(by_task, c["by_task"])
         _add(reasons, c["reasons"])
         by_split[m["split"]] = by_split.get(m["split"], 0) + c["samples"]
+        _add(instruction_by, c.get("instruction_by", {}))
         if c.get("dataset") and plan.dataset is not None:
             _add(datasets.setdefault(plan.dataset.source, {}), c["dataset"])
     complete = len(markers) == len(run.selected) and error is None
@@ -170,6 +178,8 @@ def finish_run(run: PreparedRun, error: Optional[BaseException] = None) -> dict[
         "last_error": None if error is None else f"{type(error).__name__}: {error}",
         "versions": run.ctx.versions,
     }
+    if instruction_by:
+        record["instruction_by"] = instruction_by
     write_json_atomic(out / RUN_FILE, record, sort_keys=True)
     try:
         (out / STAGING_DIR).rmdir()  # gone once no shard is in flight
@@ -200,3 +210,45 @@ def build(recipe: Union[str, Path], out: Union[str, Path], limit: Optional[int] 
         finish_run(run, exc)
         raise
     return finish_run(run)
+
+
+def dry_run(recipe: Union[str, Path]) -> dict[str, Any]:
+    """What a build of this recipe would do, without loading any weights or writing anything:
+    the plan (sources, shards, triplets per edit type and split) and every model id resolved
+    with its status (`ok`, tiny, or why it cannot be loaded). Raises RecipeError on a bad recipe."""
+    from nexus_gen.edit.backends import BACKENDS
+    from nexus_gen.edit.backends import imagepulse_models as im
+    from nexus_gen.scoring.clip_profiles import expand_profile
+
+    rec, rfile = load_recipe(recipe)
+    backend = BACKENDS[rec.models.editor].from_recipe(rec, rfile.parent, verify=True)
+    models = {"editor": {"spec": rec.models.editor, "id": rec.models.editor, "status": "ok"},
+              **backend.model_report()}
+    dino_ids = {"paper": "facebook/dino-vits16"}
+    for role, spec, to_id in (("clip", rec.models.clip, expand_profile),
+                              ("dino", rec.models.dino, lambda s: dino_ids.get(s, s))):
+        if spec:
+            models[role] = {"spec": spec, "id": "tiny (built locally)" if spec == "tiny" else to_id(spec),
+                            "status": "loaded by the scorer at the first shard"}
+    for i, s in enumerate(rec.sources):
+        if s.kind == "text2image":
+            why = None if s.model == "tiny" else im.check(im.resolve("generator", s.model))
+            models[f"sources.{i}.generator"] = {
+                "spec": s.model, "id": im.model_id_of("generator", s.model),
+                "status": "tiny: random-init, built locally on first use" if s.model == "tiny"
+                else "ok" if why is None else f"cannot be loaded: {why}"}
+    plan = make_plan(rec, rfile.parent)
+    per_type: dict[str, int] = {}
+    per_split: dict[str, int] = {}
+    sources: dict[str, int] = {}
+    for sh in plan.shards:
+        per_split[sh.split] = per_split.get(sh.split, 0) + len(sh.items)
+        for it in sh.items:
+            per_type[it.spec.type] = per_type.get(it.spec.type, 0) + 1
+        for src in sh.sources:
+            sources[src.source] = sources.get(src.source, 0) + 1
+    problems = [f"{role}: {m['status']}" for role, m in models.items() if m["status"].startswith("cannot")]
+    return {"recipe": rec.name, "recipe_file": str(rfile), "recipe_hash": plan.recipe_hash,
+            "sources": sources, "duplicate_sources": plan.duplicates, "shards": len(plan.shards),
+            "planned": plan.planned, "by_edit_type": per_type, "by_split": per_split,
+            "models": models, "problems": problems}

@@ -30,7 +30,7 @@ from nexus_gen.edit.backends import BACKENDS
 from nexus_gen.edit.backends.base import EditError, EditOutput, SourceRef
 from nexus_gen.edit.plan import DatasetPart, ShardPlan, WorkItem, derive_seed
 from nexus_gen.edit.recipe import Recipe
-from nexus_gen.edit.triplet_table import TripletTable, VERDICT_COLUMNS
+from nexus_gen.edit.triplet_table import DETECTOR_COLUMNS, TripletTable, VERDICT_COLUMNS
 from nexus_gen.hashing import file_sha256
 
 log = logging.getLogger(__name__)
@@ -151,14 +151,14 @@ def edit_samples(item: WorkItem, out: EditOutput, images: tuple[dict, dict], sco
     return samples
 
 
-def _source_image(src: SourceRef):
-    from nexus_gen.edit.backends.scenes import load_photo
+def _source_image(src: SourceRef, device: str = "cpu"):
+    from nexus_gen.edit.sources import fit_source, read_source_image
     from nexus_gen.scenes.render import render
     from nexus_gen.scenes.scene import Scene
 
     if src.kind == "scene":
         return render(Scene.from_dict(src.scene), src.size).image
-    return load_photo(src.path, src.size)
+    return fit_source(read_source_image(src, device), src.size, src.aspect)
 
 
 def source_samples(src: SourceRef, ctx: BuildContext, split: str) -> list[dict[str, Any]]:
@@ -172,7 +172,7 @@ def source_samples(src: SourceRef, ctx: BuildContext, split: str) -> list[dict[s
     if src.error or not (o.generation or o.understanding):
         return []
     try:
-        image = _image(_source_image(src))
+        image = _image(_source_image(src, ctx.device))
     except EditError:
         return []  # the unreadable source is already a reject through its edits
     base = {"source_key": src.key, "split": split,
@@ -214,6 +214,7 @@ class ShardResult:
     by_task: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
     dataset: Optional[dict[str, int]] = None
+    instruction_by: dict[str, int] = field(default_factory=dict)  # vlm / template:<reason> (captioner)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -272,8 +273,9 @@ def _run_edits(plan: ShardPlan, ctx: BuildContext, writer: ShardWriter, table, r
     from nexus_gen.scoring.edit_scorer import EditTriplet
 
     r = ctx.recipe
-    backend = BACKENDS[r.models.editor](detector=r.models.detector)
+    backend = BACKENDS[r.models.editor].from_recipe(r, ctx.base, ctx.device)
     ids = model_ids(ctx)
+    ids.update(backend.describe_models())  # the backend's roles as resolved (same as given for scenes)
     lineage = {"recipe": r.name, "recipe_hash": ctx.recipe_hash, "models": ids}
     t0 = time.perf_counter()
     made: list[tuple[WorkItem, EditOutput, tuple[dict, dict], dict]] = []
@@ -291,6 +293,9 @@ def _run_edits(plan: ShardPlan, ctx: BuildContext, writer: ShardWriter, table, r
             rejects.add(_reject_row(plan, item, f"backend error ({type(exc).__name__}: {exc})"), et)
             continue
         made.append((item, out, (_image(out.source), _image(out.target)), verdict))
+        for lang, by in (out.lineage.get("instruction_by") or {}).items():
+            if lang in r.languages:
+                res.instruction_by[by] = res.instruction_by.get(by, 0) + 1
     res.seconds["edit"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     scorer = _scorer(ctx)
@@ -305,7 +310,8 @@ def _run_edits(plan: ShardPlan, ctx: BuildContext, writer: ShardWriter, table, r
         if row["error"] is not None:
             rejects.add(_reject_row(plan, item, f"scoring failed: {row['error']}"), et)
             continue
-        scores = {c: row[c] for c in scorer.columns} | {k: verdict.get(k) for k in VERDICT_COLUMNS}
+        scores = {c: row[c] for c in scorer.columns} | {k: verdict.get(k) for k in VERDICT_COLUMNS} \
+            | {k: verdict[k] for k in DETECTOR_COLUMNS if verdict.get(k) is not None}
         item_lineage = {**lineage, "seed": item.seed, "edit": item.spec.to_json(),
                         "source": item.source.source}
         samples = edit_samples(item, out, imgs, scores, plan.split, r.languages, item_lineage)
@@ -446,6 +452,8 @@ def _publish(plan: ShardPlan, ctx: BuildContext, p: dict[str, Path], manifest: d
     os.replace(p["staging"] / "rejects.jsonl", p["rejects"])
     marker["counts"] = {k: getattr(res, k) for k in ("planned", "triplets", "rejected", "samples",
                                                      "by_edit_type", "by_task", "reasons", "dataset")}
+    if res.instruction_by:
+        marker["counts"]["instruction_by"] = res.instruction_by
     marker["seconds"] = res.seconds
     p["done"].parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(p["done"], marker, sort_keys=True)

@@ -1,8 +1,9 @@
 """Planning: a recipe becomes deterministic work, grouped into shards (pure: no model, no image
 decoded; photo files are read once to fingerprint them).
 
-- Sources are fingerprinted (scene: its canonical description and size; photo: xxh3-128 of its
-  bytes) and exact duplicates are built once.
+- Sources are fingerprinted (scene: its canonical description and size; photo and streamed
+  dataset row: xxh3-128 of its bytes; generated image: of its prompt, seed, model id and
+  settings) and exact duplicates are built once.
 - Every source lands in exactly one split, so all its triplets (both directions, every edit)
   do too: no leakage between train and test.
 - Work item id = f(recipe hash, source key, edit spec, seed); a shard holds the items of up to
@@ -19,7 +20,9 @@ import xxhash
 
 from nexus_gen.edit.backends import BACKENDS
 from nexus_gen.edit.backends.base import EditSpec, SourceRef
-from nexus_gen.edit.recipe import Recipe, recipe_hash, relative_to, resolve_paths, source_label
+from nexus_gen.edit.recipe import (DECODER_SUFFIXES, IMAGE_SUFFIXES, Recipe, recipe_hash, relative_to,
+                                  resolve_paths, source_label)
+from nexus_gen.edit.sources import dataset_sources, generated_sources
 from nexus_gen.scenes.scene import random_scene
 
 
@@ -89,7 +92,8 @@ def _scene_sources(recipe: Recipe, i: int, src) -> list[SourceRef]:
 def _image_sources(recipe: Recipe, i: int, src, base: Path) -> list[SourceRef]:
     name = source_label(src, i)
     out = []
-    for p in resolve_paths(src.paths, base):
+    for p in resolve_paths(src.paths, base, DECODER_SUFFIXES if src.recursive else IMAGE_SUFFIXES,
+                           recursive=src.recursive):
         caption = src.captions.get(p.name)
         try:
             key = xxhash.xxh3_128_hexdigest(p.read_bytes())
@@ -97,7 +101,8 @@ def _image_sources(recipe: Recipe, i: int, src, base: Path) -> list[SourceRef]:
         except OSError as exc:  # missing or unreadable: every edit of it becomes a reject
             key = "unreadable-" + xxhash.xxh3_128_hexdigest(str(p).encode())
             error = f"source image {p}: {exc.strerror or exc}"
-        out.append(SourceRef("image", key, name, src.size, path=str(p), caption=caption, error=error))
+        out.append(SourceRef("image", key, name, src.size, path=str(p), caption=caption, error=error,
+                             aspect=src.aspect))
     return out
 
 
@@ -127,13 +132,16 @@ def assign_splits(keys: list[str], fractions: dict[str, float], seed: int) -> di
 def make_plan(recipe: Recipe, base: Path) -> Plan:
     """The whole run's work (see module doc). `base` resolves relative paths of the recipe."""
     rhash = recipe_hash(recipe)
-    backend = BACKENDS[recipe.models.editor](detector=None)
+    backend = BACKENDS[recipe.models.editor].from_recipe(recipe, base, verify=False)
     pool: list[SourceRef] = []
     seen: set[str] = set()
     dups = 0
     for i, src in enumerate(recipe.sources):
         refs = (_scene_sources(recipe, i, src) if src.kind == "scenes"
-                else _image_sources(recipe, i, src, base) if src.kind == "images" else [])
+                else _image_sources(recipe, i, src, base) if src.kind == "images"
+                else dataset_sources(src, source_label(src, i), base) if src.kind == "hf_dataset"
+                else generated_sources(recipe, src, source_label(src, i), base) if src.kind == "text2image"
+                else [])
         for r in refs:
             if r.key in seen:
                 dups += 1

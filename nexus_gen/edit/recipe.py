@@ -55,6 +55,48 @@ class ImagesSource(_Strict):
     paths: Annotated[list[str], Field(min_length=1)]
     size: Annotated[int, Field(ge=64, le=4096)] = 256
     captions: dict[str, str] = {}
+    # square: centre-cropped to size x size; keep: the longer side scaled to `size`, the aspect
+    # kept (sides rounded to multiples of 16, what diffusers pipelines take; imagepulse only)
+    aspect: Literal["square", "keep"] = "square"
+    recursive: bool = False  # folders: also their sub-folders, every format the safe decoder takes
+
+
+class HFDatasetSource(_Strict):
+    """Images from a `datasets` dataset (a hub id, a local dataset folder, or a data file such as
+    parquet), streamed: the first `count` rows of `split`, the image in `image_column`."""
+
+    kind: Literal["hf_dataset"]
+    name: str = "hf_dataset"
+    path: Annotated[str, Field(min_length=1)]
+    split: str = "train"
+    image_column: str = "image"
+    caption_column: Optional[str] = None
+    count: PositiveInt
+    size: Annotated[int, Field(ge=64, le=4096)] = 256
+    aspect: Literal["square", "keep"] = "square"
+
+
+class Text2ImageSource(_Strict):
+    """Images generated from prompts by a diffusers text-to-image pipeline (`model`: tiny, paper
+    = FLUX.1-dev as ImagePulse, a hub id or a folder): `images_per_prompt` seeds per prompt; each
+    image records its prompt, seed and model id (the prompt is its caption)."""
+
+    kind: Literal["text2image"]
+    name: str = "generated"
+    prompts: list[Annotated[str, Field(min_length=1)]] = []
+    prompts_file: Optional[str] = None  # one prompt a line, relative to the recipe's folder
+    model: str = "tiny"
+    images_per_prompt: PositiveInt = 1
+    size: Annotated[int, Field(ge=64, le=4096)] = 512
+    steps: PositiveInt = 28
+    guidance: Optional[Annotated[float, Field(ge=0)]] = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    @model_validator(mode="after")
+    def _some_prompts(self) -> "Text2ImageSource":
+        if not self.prompts and not self.prompts_file:
+            raise ValueError("give prompts (a list) or prompts_file")
+        return self
 
 
 class DatasetSource(_Strict):
@@ -78,7 +120,9 @@ class DatasetSource(_Strict):
         return v
 
 
-Source = Annotated[Union[ScenesSource, ImagesSource, DatasetSource], Field(discriminator="kind")]
+Source = Annotated[Union[ScenesSource, ImagesSource, DatasetSource, HFDatasetSource, Text2ImageSource],
+                  Field(discriminator="kind")]
+SOURCE_KINDS = ("scenes", "images", "dataset", "hf_dataset", "text2image")
 
 
 class Edits(_Strict):
@@ -109,11 +153,38 @@ class Models(_Strict):
     captioner: Optional[str] = None
     stylizer: Optional[str] = None
     refiner: Optional[str] = None
+    segmenter: Optional[str] = None
 
     def backend_roles(self) -> dict[str, str]:
         """The roles given for the backend (not editor, not the scorers)."""
         return {k: v for k, v in self.model_dump().items()
                 if v is not None and k not in ("editor", "clip", "dino")}
+
+
+UnitFloat = Annotated[float, Field(ge=0, le=1)]
+
+
+class ImagePulseParams(_Strict):
+    """Settings of the `imagepulse` backend (grounded add / remove by inpainting, style by
+    image-to-image). Files are relative to the recipe's folder; unset: the shipped lists in
+    datasets_spec/vocab/."""
+
+    vocabulary: Optional[str] = None  # objects the detector looks for (en <TAB> zh per line)
+    styles: Optional[str] = None  # named styles (key <TAB> en <TAB> zh <TAB> prompt per line)
+    style_strength: Annotated[float, Field(gt=0, le=1)] = 0.6  # ImagePulse's img2img strength
+    style_steps: PositiveInt = 28
+    inpaint_steps: PositiveInt = 28
+    guidance: Optional[Annotated[float, Field(ge=0)]] = None  # None: the pipeline's default
+    detector_threshold: UnitFloat = 0.3
+    mask_dilation: Annotated[int, Field(ge=0, le=256)] = 15  # px, AnyEdit's dilation
+    blur: Annotated[float, Field(ge=0, le=64)] = 4.0  # px, sigma of the paste-back feather
+    min_side: Annotated[int, Field(ge=16)] = 64  # a source whose shorter side is smaller: reject
+    max_mask_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8  # a larger mask: reject
+    add_methods: Annotated[list[Literal["reverse", "free_region"]], Field(min_length=1)] = \
+        ["reverse", "free_region"]
+    background_prompt: Annotated[str, Field(min_length=1)] = \
+        "empty background, natural continuation of the surrounding scene"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA
 
 
 class Scoring(_Strict):
@@ -145,6 +216,7 @@ class Recipe(_Strict):
     outputs: Outputs = Outputs()
     languages: Annotated[list[Literal["en", "zh"]], Field(min_length=1)] = ["en", "zh"]
     splits: dict[str, float] = {"train": 1.0}
+    imagepulse: Optional[ImagePulseParams] = None
 
     @field_validator("splits")
     @classmethod
@@ -162,7 +234,7 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
         if self.edits.counts() and not any(s.kind != "dataset" for s in self.sources):
-            raise ValueError("edits need a scenes or images source to edit")
+            raise ValueError("edits need a source of images to edit (scenes, images, hf_dataset, text2image)")
         names = [source_label(s, i) for i, s in enumerate(self.sources)]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -172,6 +244,14 @@ class Recipe(_Strict):
             raise ValueError(f"metrics {sorted(clip_metrics)} need models.clip (e.g. tiny, small, paper)")
         if "dino" in self.scoring.metrics and not self.models.dino:
             raise ValueError("metric dino needs models.dino (e.g. tiny, paper)")
+        if self.models.editor != "imagepulse":
+            if self.imagepulse is not None:
+                raise ValueError(f"the imagepulse: settings need models.editor imagepulse, "
+                                 f"not {self.models.editor!r}")
+            keep = [i for i, s in enumerate(self.sources) if getattr(s, "aspect", "square") != "square"]
+            if keep:
+                raise ValueError(f"sources {keep}: aspect keep needs models.editor imagepulse "
+                                 f"(the {self.models.editor!r} backend edits squares)")
         return self
 
 
@@ -192,7 +272,7 @@ def _format_error(exc: ValidationError, where: str) -> str:
         elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
             msg = f"{e['input']!r} is not allowed; expected {e['ctx']['expected']}"
         elif e["type"] == "union_tag_invalid":
-            msg = f"unknown source kind {e['input'].get('kind')!r}; allowed: scenes, images, dataset" \
+            msg = f"unknown source kind {e['input'].get('kind')!r}; allowed: {', '.join(SOURCE_KINDS)}" \
                 if isinstance(e.get("input"), dict) else msg
         lines.append(f"{where}: {loc}: {msg}")
     return "\n".join(lines)
@@ -227,7 +307,7 @@ def _check_models(recipe: Recipe, where: str) -> None:
         return
     backend = BACKENDS[editor]
     det = recipe.models.detector
-    if det is not None and det not in backend.DETECTORS:
+    if det is not None and backend.DETECTORS is not None and det not in backend.DETECTORS:
         raise RecipeError(f"{where}: models.detector: {det!r} is not a detector of backend "
                           f"{recipe.models.editor!r}; allowed: {', '.join(backend.DETECTORS)}")
 
@@ -252,13 +332,20 @@ def relative_to(base: Path, patterns: list[str]) -> list[str]:
             for p in patterns]
 
 
-def resolve_paths(patterns: list[str], base: Path) -> list[Path]:
-    """Image files named by paths, folders (their images, sorted) or globs, relative to `base`."""
+# what the safe decoder takes (nexus_gen.data.images), for folders read recursively
+DECODER_SUFFIXES = IMAGE_SUFFIXES + (".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+
+
+def resolve_paths(patterns: list[str], base: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
+                  recursive: bool = False) -> list[Path]:
+    """Image files named by paths, folders (their files with these suffixes, sorted; `recursive`:
+    every sub-folder too) or globs, relative to `base`."""
     out: list[Path] = []
     for pat in patterns:
         p = Path(relative_to(base, [pat])[0])
         if p.is_dir():
-            out += sorted(x for x in p.iterdir() if x.is_file() and x.suffix.lower() in IMAGE_SUFFIXES)
+            files = p.rglob("*") if recursive else p.iterdir()
+            out += sorted(x for x in files if x.is_file() and x.suffix.lower() in suffixes)
         elif any(c in pat for c in "*?["):
             out += [Path(m) for m in sorted(glob.glob(str(p), recursive=True)) if Path(m).is_file()]
         else:
@@ -273,6 +360,10 @@ def _check_paths(recipe: Recipe, base: Path, where: str) -> None:
     from nexus_gen.data.records import expand_inputs
 
     for i, s in enumerate(recipe.sources):
+        if s.kind == "text2image" and s.prompts_file:
+            pf = Path(relative_to(base, [s.prompts_file])[0])
+            if not pf.is_file():
+                raise RecipeError(f"{where}: sources.{i}.prompts_file: no such file: {pf}")
         if s.kind == "images":
             for pat in s.paths:
                 if any(c in pat for c in "*?[") and not resolve_paths([pat], base):
@@ -285,7 +376,29 @@ def _check_paths(recipe: Recipe, base: Path, where: str) -> None:
                 raise RecipeError(f"{where}: sources.{i}.inputs: {exc}") from None
 
 
+# Keys added after the first version, left out of the stored recipe and of its hash while they
+# have their default: a recipe that does not use them hashes (and builds) as it did before.
+_LATER_KEYS = {"models": {"segmenter": None}, "recipe": {"imagepulse": None},
+               "source": {"aspect": "square", "recursive": False}}
+
+
+def recipe_dump(recipe: Recipe) -> dict[str, Any]:
+    """The validated recipe as JSON data (what `recipe.json` stores and the hash covers)."""
+    d = recipe.model_dump(mode="json")
+
+    def drop(x: dict[str, Any], kind: str) -> None:
+        for k, default in _LATER_KEYS[kind].items():
+            if k in x and x[k] == default:
+                del x[k]
+
+    drop(d, "recipe")
+    drop(d["models"], "models")
+    for s in d["sources"]:
+        drop(s, "source")
+    return d
+
+
 def recipe_hash(recipe: Recipe) -> str:
     """A stable hash of what the recipe builds (its validated content, key order ignored)."""
-    canon = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    canon = json.dumps(recipe_dump(recipe), sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:16]

@@ -1,5 +1,5 @@
 """The triplet table: one row per built triplet (source, target and mask images, instructions
-both ways, captions, edit type, every score, detector verdicts, lineage), a parquet file per shard
+both ways, captions, edit type, every score, detector verdicts and score, lineage), a parquet file per shard
 with Hugging Face features in its schema, so `datasets.load_dataset("parquet", ...)` decodes
 the three images to PIL."""
 from __future__ import annotations
@@ -18,6 +18,7 @@ from nexus_gen.data.images import encode_png
 SCORE_COLUMNS = ("clip_t", "clip_t_source", "clipscore", "clipscore_source", "clip_i", "clip_dir",
                  "dino", "l1", "l2", "l1_inside", "l1_outside")
 VERDICT_COLUMNS = ("object_in_mask", "object_present")
+DETECTOR_COLUMNS = ("detector_score",)  # the verifier's best score for the object in the mask
 TEXT_COLUMNS = ("instruction", "reverse_instruction", "instruction_zh", "reverse_instruction_zh",
                 "source_caption", "target_caption", "source_caption_zh", "target_caption_zh")
 ROWS_PER_GROUP = 64
@@ -34,6 +35,7 @@ def features() -> "datasets.Features":
     f.update({c: datasets.Value("string") for c in TEXT_COLUMNS})
     f.update({c: datasets.Value("float64") for c in SCORE_COLUMNS})
     f.update({c: datasets.Value("bool") for c in VERDICT_COLUMNS})
+    f.update({c: datasets.Value("float64") for c in DETECTOR_COLUMNS})
     f.update({"seed": datasets.Value("int64"), "lineage": datasets.Value("string")})
     return datasets.Features(f)
 
@@ -66,7 +68,7 @@ class TripletTable:
                "source_caption_zh": out.source_caption.get("zh"),
                "target_caption_zh": out.target_caption.get("zh"),
                "seed": item.seed, "lineage": json.dumps(lineage, sort_keys=True, ensure_ascii=False)}
-        row.update({c: scores.get(c) for c in SCORE_COLUMNS + VERDICT_COLUMNS})
+        row.update({c: scores.get(c) for c in SCORE_COLUMNS + VERDICT_COLUMNS + DETECTOR_COLUMNS})
         self._buf.append(row)
         if len(self._buf) >= ROWS_PER_GROUP:
             self._flush()

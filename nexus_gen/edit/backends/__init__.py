@@ -4,11 +4,8 @@ already use (its roles are validated) but that this version cannot run: a build 
 stops before any work with the reason."""
 from __future__ import annotations
 
+from nexus_gen.edit.backends.imagepulse_backend import ImagePulseBackend
 from nexus_gen.edit.backends.scenes import ScenesBackend
 
-BACKENDS = {ScenesBackend.NAME: ScenesBackend}
-PLANNED_BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
-    "imagepulse": (("generator", "grounder", "inpainter", "captioner", "stylizer", "refiner", "detector"),
-                   "the ImagePulse real-model backend (FLUX generation, grounded inpainting, "
-                   "InstantStyle + img2img, VLM captions) is not part of this version yet"),
-}
+BACKENDS = {ScenesBackend.NAME: ScenesBackend, ImagePulseBackend.NAME: ImagePulseBackend}
+PLANNED_BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {}

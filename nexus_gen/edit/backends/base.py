@@ -19,7 +19,8 @@ class EditError(ValueError):
 @dataclass(frozen=True)
 class SourceRef:
     """A source image as the plan names it: `kind` scene (a scene dict, rendered at `size`) or
-    image (a file, centre-cropped to `size`); `key` is its content fingerprint."""
+    image (a file, a streamed dataset's row or a generated image, fitted to `size`); `key` is its
+    content fingerprint (generated: of prompt, seed and model id)."""
 
     kind: str  # "scene" | "image"
     key: str
@@ -29,6 +30,9 @@ class SourceRef:
     path: Optional[str] = None
     caption: Optional[str] = None
     error: Optional[str] = None  # why the source could not be read at planning time
+    aspect: str = "square"  # square: centre-cropped to size x size; keep: longer side = size
+    dataset: Optional[dict[str, Any]] = None  # a streamed dataset's row: path, split, column, count, row
+    generated: Optional[dict[str, Any]] = None  # a generated image: prompt, seed, model, steps, ...
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,23 @@ class EditOutput:
 class EditBackend(Protocol):
     NAME: str
     ROLES: tuple[str, ...]  # model roles a recipe may give this backend (besides clip, dino)
-    DETECTORS: tuple[str, ...]
+    DETECTORS: Optional[tuple[str, ...]]  # the detectors it knows (None: any id or profile)
+
+    @classmethod
+    def from_recipe(cls, recipe: Any, base: Any, device: str = "cpu",
+                    verify: bool = True) -> "EditBackend":
+        """The backend a recipe asks for (`base`: the recipe's folder; `verify` False: for
+        planning only, no verifier). Loads no model: models load on first use."""
+
+    def check_models(self) -> list[str]:
+        """Problems with the recipe's model ids (each names the role, the id and the reason),
+        found without loading weights: the build stops on any before work starts."""
+
+    def describe_models(self) -> dict[str, str]:
+        """Role -> the id of the model it uses (lineage; a tiny model is built here)."""
+
+    def model_report(self) -> dict[str, dict[str, Any]]:
+        """Role -> spec, resolved id and status, without building or loading anything (dry run)."""
 
     def styles_for(self, source_kind: str) -> tuple[str, ...]:
         """Styles this backend can apply to sources of this kind (empty: no style edits)."""

@@ -43,8 +43,9 @@ def styled_caption(caption: dict[str, Optional[str]], style: str) -> dict[str, O
             "zh": f"{caption['zh']}，{zh}" if caption.get("zh") else None}
 
 
-def load_photo(path: str, size: int) -> Image.Image:
-    """A photo through the project's safe decoder, centre-cropped to a square of `size` px."""
+def read_photo(path: str) -> Image.Image:
+    """A photo through the project's safe decoder, as RGB at its own size; an unreadable file
+    is an `EditError` naming it."""
     from nexus_gen.data.images import decode_image
 
     try:
@@ -56,7 +57,7 @@ def load_photo(path: str, size: int) -> Image.Image:
         img = decode_image(data, path)
     except Exception as exc:  # truncated, not an image, bomb: a reject naming the file
         raise EditError(f"source image {path}: {exc}") from None
-    return ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
+    return img
 
 
 def _scene_output(r: EditResult, lineage: dict[str, Any], verify: dict[str, Any]) -> EditOutput:
@@ -77,6 +78,20 @@ class ScenesBackend:
 
     def __init__(self, detector: Optional[str] = "scenes-pixel") -> None:
         self.detector = detector
+
+    @classmethod
+    def from_recipe(cls, recipe: Any, base: Any, device: str = "cpu",
+                    verify: bool = True) -> "ScenesBackend":
+        return cls(detector=recipe.models.detector if verify else None)
+
+    def check_models(self) -> list[str]:
+        return []  # weight-free: nothing to load
+
+    def describe_models(self) -> dict[str, str]:
+        return {"detector": self.detector} if self.detector else {}
+
+    def model_report(self) -> dict[str, dict[str, Any]]:
+        return {k: {"spec": v, "id": v, "status": "ok (weight-free)"} for k, v in self.describe_models().items()}
 
     # -- planning
     def styles_for(self, source_kind: str) -> tuple[str, ...]:
@@ -111,7 +126,9 @@ class ScenesBackend:
 
     def _photo_edit(self, source: SourceRef, spec: EditSpec, seed: int,
                     lineage: dict[str, Any]) -> EditOutput:
-        photo = load_photo(source.path, source.size)
+        from nexus_gen.edit.sources import fit_source, read_source_image
+
+        photo = fit_source(read_source_image(source), source.size)
         cap = source.caption
         if spec.type == "style":
             if spec.style not in PHOTO_STYLES:

@@ -4,10 +4,18 @@ Each builder writes a small model in the same layout as its real counterpart int
 `cache_root()/tiny/<name>` once (`nexus_gen.models.cache.build_once`), and callers load it back
 through the ordinary loading path: tiny CLIP, DINO and Chinese-CLIP for the scorers (`encoders`), a tiny Stable
 Diffusion pipeline for generation (`stable_diffusion`), a tiny Mask2Former for GenEval's
-detector (`detector`)."""
+detector (`detector`), a tiny SD inpainting pipeline and a tiny OWLv2 zero-shot detector, a tiny
+SAM and a tiny Qwen2.5-VL for the imagepulse edit backend (`stable_diffusion`, `owlv2`, `sam`,
+`qwen_vl`)."""
 from nexus_gen.models.tiny.detector import TINY_MASK2FORMER_NAME, tiny_mask2former_dir
 from nexus_gen.models.tiny.encoders import tiny_chinese_clip_dir, tiny_clip_dir, tiny_dino_dir
-from nexus_gen.models.tiny.stable_diffusion import TINY_SD_NAME, TINY_SD_SIZE, tiny_sd_dir
+from nexus_gen.models.tiny.owlv2 import TINY_OWLV2_NAME, tiny_owlv2_dir
+from nexus_gen.models.tiny.qwen_vl import TINY_QWEN_VL_NAME, tiny_qwen_vl_dir
+from nexus_gen.models.tiny.sam import TINY_SAM_NAME, tiny_sam_dir
+from nexus_gen.models.tiny.stable_diffusion import (TINY_SD_INPAINT_NAME, TINY_SD_NAME, TINY_SD_SIZE,
+                                                    tiny_sd_dir, tiny_sd_inpaint_dir)
 
-__all__ = ["TINY_MASK2FORMER_NAME", "TINY_SD_NAME", "TINY_SD_SIZE", "tiny_chinese_clip_dir",
-           "tiny_clip_dir", "tiny_dino_dir", "tiny_mask2former_dir", "tiny_sd_dir"]
+__all__ = ["TINY_MASK2FORMER_NAME", "TINY_OWLV2_NAME", "TINY_QWEN_VL_NAME", "TINY_SAM_NAME", "TINY_SD_INPAINT_NAME",
+           "TINY_SD_NAME", "TINY_SD_SIZE", "tiny_chinese_clip_dir", "tiny_clip_dir", "tiny_dino_dir",
+           "tiny_mask2former_dir", "tiny_owlv2_dir", "tiny_qwen_vl_dir", "tiny_sam_dir", "tiny_sd_dir",
+           "tiny_sd_inpaint_dir"]

@@ -1,0 +1,244 @@
+"""The models of the `imagepulse` backend, by role: a profile name (`tiny`, `small`, `paper`), a
+hub id or a local folder becomes something to load, is checked without loading weights (the
+build stops before any work on an id that cannot be loaded), and loads once per process.
+
+- detector: a zero-shot detector through transformers (`AutoModelForZeroShotObjectDetection`:
+  OWLv2 or Grounding DINO), wrapped so both give boxes in source pixels.
+- inpainter: any diffusers inpainting pipeline (`DiffusionPipeline` reads its class from the
+  folder: FluxFillPipeline for FLUX.1-Fill-dev, StableDiffusionInpaintPipeline for SD).
+- stylizer: a diffusers image-to-image pipeline (`AutoPipelineForImage2Image`).
+- segmenter (optional): SAM through transformers, prompted with the detected box.
+- generator (text2image sources): a diffusers text-to-image pipeline (`DiffusionPipeline`).
+- captioner (optional): a VLM (Qwen2.5-VL class) writing the instructions (edit/instructions.py).
+`tiny` is a random-init model built locally (nexus_gen/models/tiny/)."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+# the file whose presence says a folder or hub repo holds this kind of model
+_KIND_FILE = {"detector": "config.json", "inpainter": "model_index.json",
+              "stylizer": "model_index.json", "generator": "model_index.json", "segmenter": "config.json",
+              "captioner": "config.json"}
+
+
+def _tiny(role: str) -> Path:
+    from nexus_gen.models.tiny import (tiny_owlv2_dir, tiny_qwen_vl_dir, tiny_sam_dir, tiny_sd_dir,
+                                       tiny_sd_inpaint_dir)
+
+    return {"detector": tiny_owlv2_dir, "inpainter": tiny_sd_inpaint_dir, "stylizer": tiny_sd_dir,
+            "generator": tiny_sd_dir, "segmenter": tiny_sam_dir, "captioner": tiny_qwen_vl_dir}[role]()
+
+
+def _tiny_name(role: str) -> str:
+    from nexus_gen.models.tiny import (TINY_OWLV2_NAME, TINY_QWEN_VL_NAME, TINY_SAM_NAME,
+                                       TINY_SD_INPAINT_NAME, TINY_SD_NAME)
+
+    return {"detector": TINY_OWLV2_NAME, "inpainter": TINY_SD_INPAINT_NAME, "stylizer": TINY_SD_NAME,
+            "generator": TINY_SD_NAME, "segmenter": TINY_SAM_NAME, "captioner": TINY_QWEN_VL_NAME}[role]
+
+
+PROFILES: dict[str, dict[str, str]] = {
+    "detector": {"paper": "IDEA-Research/grounding-dino-base",
+                 "small": "google/owlv2-base-patch16-ensemble"},
+    "inpainter": {"paper": "black-forest-labs/FLUX.1-Fill-dev",
+                  "small": "stable-diffusion-v1-5/stable-diffusion-inpainting"},
+    "stylizer": {"paper": "black-forest-labs/FLUX.1-dev",
+                 "small": "stable-diffusion-v1-5/stable-diffusion-v1-5"},
+    "segmenter": {"paper": "facebook/sam-vit-huge", "small": "facebook/sam-vit-base"},
+    "generator": {"paper": "black-forest-labs/FLUX.1-dev",
+                  "small": "stable-diffusion-v1-5/stable-diffusion-v1-5"},
+    "captioner": {"paper": "Qwen/Qwen2.5-VL-7B-Instruct", "small": "Qwen/Qwen2.5-VL-3B-Instruct"},
+}
+# bf16 memory each role needs on the GPU (weights + activations at 1024 px; README table)
+ROLE_MEMORY_GB = {"detector": {"paper": 2, "small": 1}, "inpainter": {"paper": 34, "small": 4},
+                  "stylizer": {"paper": 34, "small": 4}, "segmenter": {"paper": 3, "small": 1},
+                  "generator": {"paper": 34, "small": 4}, "captioner": {"paper": 17, "small": 8}}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    role: str
+    spec: str  # what the recipe says
+    model_id: str  # the hub id, the folder, or `tiny:<name>` (lineage)
+    source: str  # what from_pretrained gets: a folder or a hub id
+    local: bool
+
+
+def model_id_of(role: str, spec: str) -> str:
+    """The id a role's recipe value names (lineage, fingerprints), without building or loading."""
+    if spec == "tiny":
+        return f"tiny:{_tiny_name(role)}"
+    hub = PROFILES.get(role, {}).get(spec, spec)
+    p = Path(hub).expanduser()
+    return str(p.resolve()) if p.exists() else hub
+
+
+def resolve(role: str, spec: str) -> Resolved:
+    """A role's recipe value as what to load (builds a `tiny` model on first use)."""
+    if spec == "tiny":
+        d = _tiny(role)
+        return Resolved(role, spec, model_id_of(role, spec), str(d), True)
+    hub = PROFILES.get(role, {}).get(spec, spec)
+    p = Path(hub).expanduser()
+    if p.exists():
+        return Resolved(role, spec, str(p.resolve()), str(p.resolve()), True)
+    return Resolved(role, spec, hub, hub, False)
+
+
+def check(r: Resolved) -> Optional[str]:
+    """Why this model cannot be loaded (None: it can), found without loading weights: a local
+    folder must hold the model's index file; a hub id must give it from the cache or the hub."""
+    want = _KIND_FILE[r.role]
+    if r.local:
+        p = Path(r.source)
+        if not (p / want).is_file():
+            return f"{p} is not a {r.role} model folder ({want} missing)"
+        return None
+    if r.source.startswith((".", "/", "~")) or r.source.count("/") != 1:
+        return f"no such folder, and {r.source!r} is not a hub id (owner/name)"
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(r.source, want)
+    except Exception as exc:  # not cached and offline, gated, no such repo, ...
+        offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        first = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
+        return (f"{want} is not in the local Hugging Face cache and cannot be fetched{offline}: "
+                f"{type(exc).__name__}: {first}. Download it first (huggingface-cli download "
+                f"{r.source}) or name a local folder")
+    return None
+
+
+def torch_dtype(name: str, device: str):
+    """The recipe's dtype: `auto` is bfloat16 on CUDA and float32 elsewhere."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+def cached(role: str, r: Resolved, device: str, dtype: str, load: Callable[[], Any]) -> Any:
+    from nexus_gen.models.loaded import cached_model
+
+    return cached_model(f"imagepulse-{role}", r.model_id, str(device), dtype, load)
+
+
+@dataclass(frozen=True)
+class Box:
+    label: int  # index into the query list
+    score: float
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in source pixels
+
+
+class ZeroShotDetector:
+    """OWLv2 / Grounding DINO behind one call: `detect(image, labels, threshold)` -> boxes in the
+    image's pixels. OWLv2 pads to a square before resizing, so its boxes are scaled by the longer
+    side (for both axes); Grounding DINO's by height and width."""
+
+    def __init__(self, r: Resolved, device: str, dtype) -> None:
+        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+        self.processor = AutoProcessor.from_pretrained(r.source)
+        self.model = AutoModelForZeroShotObjectDetection.from_pretrained(r.source, dtype=dtype)
+        self.model = self.model.to(device).eval()
+        self.kind = self.model.config.model_type
+        self.device, self.dtype = device, dtype
+        self.model_id = r.model_id
+
+    def detect(self, image, labels: Sequence[str], threshold: float) -> list[Box]:
+        import torch
+
+        w, h = image.size
+        queries = [f"a photo of a {x}" for x in labels]
+        inputs = self.processor(text=[queries], images=image, return_tensors="pt").to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        with torch.inference_mode():
+            out = self.model(**inputs)
+        if self.kind == "owlv2":
+            side = max(w, h)
+            res = self.processor.post_process_grounded_object_detection(
+                out, threshold=threshold, target_sizes=[(side, side)])[0]
+            labels_idx = [int(i) for i in res["labels"]]
+        else:
+            res = self.processor.post_process_grounded_object_detection(
+                out, inputs["input_ids"], threshold=threshold, text_threshold=threshold,
+                target_sizes=[(h, w)])[0]
+            lookup = {q.lower(): i for i, q in enumerate(queries)}
+            lookup.update({x.lower(): i for i, x in enumerate(labels)})
+            labels_idx = [lookup.get(str(t).strip().lower(), -1) for t in res["text_labels"]]
+        boxes = []
+        for i, s, b in zip(labels_idx, res["scores"].float().tolist(), res["boxes"].float().tolist()):
+            x0, y0, x1, y1 = max(0.0, b[0]), max(0.0, b[1]), min(float(w), b[2]), min(float(h), b[3])
+            if i >= 0 and x1 - x0 >= 1 and y1 - y0 >= 1:  # on the image and not degenerate
+                boxes.append(Box(i, round(s, 6), (x0, y0, x1, y1)))
+        return boxes
+
+
+def load_detector(r: Resolved, device: str, dtype: str) -> ZeroShotDetector:
+    return cached("detector", r, device, dtype,
+                  lambda: ZeroShotDetector(r, device, torch_dtype(dtype, device)))
+
+
+def _pipeline(r: Resolved, device: str, dtype: str, image_to_image: bool):
+    if image_to_image:
+        from diffusers import AutoPipelineForImage2Image as Cls
+    else:
+        from diffusers import DiffusionPipeline as Cls
+    pipe = Cls.from_pretrained(r.source, dtype=torch_dtype(dtype, device))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_inpainter(r: Resolved, device: str, dtype: str):
+    return cached("inpainter", r, device, dtype, lambda: _pipeline(r, device, dtype, False))
+
+
+def load_stylizer(r: Resolved, device: str, dtype: str):
+    return cached("stylizer", r, device, dtype, lambda: _pipeline(r, device, dtype, True))
+
+
+def load_generator(r: Resolved, device: str, dtype: str):
+    """A text-to-image pipeline (`DiffusionPipeline`: FluxPipeline for FLUX.1-dev)."""
+    return cached("generator", r, device, dtype, lambda: _pipeline(r, device, dtype, False))
+
+
+class BoxSegmenter:
+    """SAM prompted with one box: `segment(image, box)` -> a boolean (height, width) mask."""
+
+    def __init__(self, r: Resolved, device: str, dtype) -> None:
+        from transformers import SamModel, SamProcessor
+
+        self.processor = SamProcessor.from_pretrained(r.source)
+        self.model = SamModel.from_pretrained(r.source, dtype=dtype).to(device).eval()
+        self.device, self.dtype = device, dtype
+        self.model_id = r.model_id
+
+    def segment(self, image, box: tuple[float, float, float, float]):
+        import torch
+
+        inputs = self.processor(images=image, input_boxes=[[list(box)]], return_tensors="pt").to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        with torch.inference_mode():
+            out = self.model(**inputs, multimask_output=False)
+        masks = self.processor.image_processor.post_process_masks(
+            out.pred_masks.float().cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu())
+        return masks[0][0, 0].numpy().astype(bool)
+
+
+def load_segmenter(r: Resolved, device: str, dtype: str) -> BoxSegmenter:
+    return cached("segmenter", r, device, dtype, lambda: BoxSegmenter(r, device, torch_dtype(dtype, device)))
+
+
+def load_captioner(r: Resolved, device: str, dtype: str):
+    from nexus_gen.edit.instructions import VLMWriter
+
+    return cached("captioner", r, device, dtype,
+                  lambda: VLMWriter(r.source, r.model_id, device, torch_dtype(dtype, device)))

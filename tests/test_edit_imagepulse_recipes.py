@@ -1,0 +1,56 @@
+"""The shipped imagepulse recipes and `nexus-gen build --dry-run`: every model id resolved and the
+plan printed, no weights loaded, nothing written."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from nexus_gen.edit.recipe import load_recipe
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "flows.cli", "build", *args], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_shipped_imagepulse_recipes_validate():
+    for name in ("imagepulse", "small", "demo_imagepulse"):
+        rec, _ = load_recipe(name)
+        assert rec.models.editor == "imagepulse"
+
+
+def test_dry_run_paper_recipe_names_every_id(tmp_path):
+    out = tmp_path / "run"
+    r = _cli("imagepulse", "--out", str(out), "--dry-run")
+    assert r.returncode == 1 and "Traceback" not in r.stderr  # the paper weights are not here
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    ids = {k: m["id"] for k, m in info["models"].items()}
+    assert ids["detector"] == "IDEA-Research/grounding-dino-base"
+    assert ids["inpainter"] == "black-forest-labs/FLUX.1-Fill-dev"
+    assert ids["stylizer"] == "black-forest-labs/FLUX.1-dev"
+    assert ids["clip"] == "ViT-L-14-quickgelu:openai" and ids["dino"] == "facebook/dino-vits16"
+    assert info["by_edit_type"] == {"add": 20000, "remove": 20000, "style": 20000}
+    assert info["planned"] == 60000 and len(info["problems"]) == 3
+    assert info["models"]["inpainter"]["gpu_memory_gb"] > 0
+    assert not out.exists()
+
+
+def test_dry_run_small_recipe_ids(tmp_path):
+    r = _cli("small", "--out", str(tmp_path / "run"), "--dry-run")
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["models"]["segmenter"]["id"] == "facebook/sam-vit-base"
+    assert info["models"]["captioner"]["id"] == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert sum(m.get("gpu_memory_gb", 0) for m in info["models"].values()) <= 24
+
+
+def test_dry_run_tiny_builds_and_loads_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    r = _cli("demo_imagepulse", "--out", str(tmp_path / "run"), "--dry-run",
+             env={"NEXUS_GEN_CACHE": str(cache)})
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["models"]["sources.1.generator"]["id"] == "tiny:tiny-stable-diffusion-v1"
+    assert info["problems"] == [] and info["planned"] == 18
+    assert not cache.exists() and not (tmp_path / "run").exists()
