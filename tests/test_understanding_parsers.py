@@ -17,6 +17,7 @@ CH = {"A": "dog", "B": "cat", "C": "bird", "D": "fish"}
     ("**D**", "D"), ("Answer: d", "D"), ("(A) dog", "A"), ("A", "A"), ("cat", "B"),
     ("The correct option is C.", "C"), ("It is not A, the answer is B.", "B"),
     ("A cat sits on the mat.", "B"),  # 'A' is an article here; the option text decides
+    ("The answer is a cat.", "B"), ("the answer is (a)", "A"), ("answer: c.", "C"),
 ])
 def test_robust_reads_messy_choice_answers(text, want):
     assert get_parser("robust").choice(text, CH, "k").value == want

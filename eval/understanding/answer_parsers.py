@@ -259,6 +259,12 @@ _YESNO_EXPLICIT = re.compile(r"answer\s*(?:is|:)?\s*\W*(yes|no)\b")
 _WORDS = re.compile(r"[a-z']+")
 
 
+def _marked(s: str, m: re.Match) -> bool:
+    """A lowercase letter after 'answer is' is an option only when marked as one: '(b)', 'b.',
+    'b)' or the end of the text ('the answer is a cat' names no option 'a')."""
+    return "(" in m.group(0) or "[" in m.group(0) or s[m.end():m.end() + 1] in ("", ".", ")", "]", ":", ",")
+
+
 def _norm(text: str) -> str:
     return _MD.sub("", text).strip().strip("\"'").strip()
 
@@ -295,7 +301,7 @@ class RobustParser(AnswerParser):
         letters = set(choices)
         for pat in (_EXPLICIT, _ITS):
             hits = [m.group(1).upper() for m in pat.finditer(s)
-                    if m.group(1).upper() in letters and (m.group(1).isupper() or pat is _EXPLICIT)]
+                    if m.group(1).upper() in letters and (m.group(1).isupper() or _marked(s, m))]
             if hits:
                 return Parsed(hits[-1])  # "not A, the answer is B": the last statement
         m = _LEAD.match(s)
