@@ -61,6 +61,7 @@ def test_resume_does_not_recompute_finished_items(tmp_path):
     lines = (tmp_path / "run" / PRED_FILE).read_text().splitlines()
     # an interrupted run: two finished lines and half of a third
     (tmp_path / "run" / PRED_FILE).write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])
+    plan = check(plan.config)  # resuming: the unfinished line is no error
     second = EchoModel({})
     counts = predict_step(plan, second, progress=False)
     assert sorted(second.calls) == sorted(json.loads(x)["id"] for x in lines[2:])

@@ -28,13 +28,18 @@ class Prediction:
                            "prompt": self.prompt}, ensure_ascii=False) + "\n"
 
 
-def read_predictions(path: Path, known_ids: Iterable[str] = ()) -> dict[str, Prediction]:
+def read_predictions(path: Path, known_ids: Iterable[str] = (),
+                     skip_unfinished_line: bool = False) -> dict[str, Prediction]:
     """Predictions by id (see the module docstring for the errors). `known_ids`, if given, are
-    the benchmark's ids: any other id is an error."""
+    the benchmark's ids: any other id is an error. `skip_unfinished_line`: ignore a last line
+    without its newline (an interrupted run's; resuming predicts that item again)."""
     if not path.is_file():
         raise FileNotFoundError(f"predictions file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if skip_unfinished_line and text and not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]
     out: dict[str, Prediction] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -101,7 +101,7 @@ def check(config: UnderstandingConfig) -> Plan:
     chosen = select(items, c.limit)
     plan = Plan(c, chosen, parser, total_items=len(items))
     if (out / PRED_FILE).is_file():  # a resumed run: its predictions must be readable now
-        read_predictions(out / PRED_FILE, [i.id for i in chosen])
+        read_predictions(out / PRED_FILE, [i.id for i in chosen], skip_unfinished_line=True)
     return plan
 
 
