@@ -22,6 +22,7 @@ cli_build.register(app)
 cli_scoring.register(app)
 app.add_typer(cli_scenes.app, name="scenes")
 app.add_typer(cli_eval.app, name="eval")
+from flows import cli_understanding; cli_understanding.register(cli_eval.app)  # noqa: E402,E702
 cli_eval.register_report(app)
 from flows import cli_select; cli_select.register(app)  # noqa: E402,E702  (one line: cli.py is shared)
 

@@ -28,19 +28,19 @@ _KIND_FILE = {"detector": "config.json", "inpainter": "model_index.json",
 
 
 def _tiny(role: str) -> Path:
-    from nexus_gen.models.tiny import (tiny_owlv2_dir, tiny_qwen_vl_dir, tiny_sam_dir, tiny_sd_dir,
+    from nexus_gen.models.tiny import (tiny_owlv2_dir, tiny_vlm_dir, tiny_sam_dir, tiny_sd_dir,
                                        tiny_sd_inpaint_dir)
 
     return {"detector": tiny_owlv2_dir, "inpainter": tiny_sd_inpaint_dir, "stylizer": tiny_sd_dir,
-            "generator": tiny_sd_dir, "segmenter": tiny_sam_dir, "captioner": tiny_qwen_vl_dir}[role]()
+            "generator": tiny_sd_dir, "segmenter": tiny_sam_dir, "captioner": tiny_vlm_dir}[role]()
 
 
 def _tiny_name(role: str) -> str:
-    from nexus_gen.models.tiny import (TINY_OWLV2_NAME, TINY_QWEN_VL_NAME, TINY_SAM_NAME,
+    from nexus_gen.models.tiny import (TINY_OWLV2_NAME, TINY_VLM_NAME, TINY_SAM_NAME,
                                        TINY_SD_INPAINT_NAME, TINY_SD_NAME)
 
     return {"detector": TINY_OWLV2_NAME, "inpainter": TINY_SD_INPAINT_NAME, "stylizer": TINY_SD_NAME,
-            "generator": TINY_SD_NAME, "segmenter": TINY_SAM_NAME, "captioner": TINY_QWEN_VL_NAME}[role]
+            "generator": TINY_SD_NAME, "segmenter": TINY_SAM_NAME, "captioner": TINY_VLM_NAME}[role]
 
 
 PROFILES: dict[str, dict[str, str]] = {
