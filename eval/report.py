@@ -22,6 +22,7 @@ FIGURE_DIR = "report_files"
 REPORT_BUILDERS: dict[str, str] = {
     "geneval": "eval.report_geneval:build_geneval_report",
     "geneval-scenes": "eval.report_geneval:build_geneval_report",
+    "editing": "eval.editing.edit_report:build_editing_report",
 }
 # benchmark -> "module:function" building one Report over several run directories.
 COMPARISON_BUILDERS: dict[str, str] = {
