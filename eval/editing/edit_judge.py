@@ -255,7 +255,8 @@ def build_judge(spec: str, model: Optional[str] = None, device: str = "cpu") -> 
 # -- cache, retries, concurrency
 class AnswerCache:
     """Judge answers on disk (jsonl, append-only), keyed by judge, prompt version, prompt text
-    and image hashes. Only answers are cached, not failed calls (those are retried next run)."""
+    and image hashes. Only answer texts are cached (unparsable ones too: asking again would not
+    be the same judge run); failed calls and API refusals are asked again next run."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
