@@ -16,8 +16,7 @@ TINY = ["--clip", "tiny", "--dino", "tiny"]
 
 
 def test_tiny_instruct_pix2pix_is_a_real_pipeline_built_offline():
-    from diffusers import StableDiffusionInstructPix2PixPipeline
-
+    """(The end-to-end test below loads it through `from_pretrained` and edits with it.)"""
     from nexus_gen.models.tiny import tiny_ip2p_dir
 
     folder = tiny_ip2p_dir()
@@ -25,8 +24,6 @@ def test_tiny_instruct_pix2pix_is_a_real_pipeline_built_offline():
     assert index["_class_name"] == "StableDiffusionInstructPix2PixPipeline"
     unet = json.loads((folder / "unet" / "config.json").read_text())
     assert unet["in_channels"] == 8  # noisy latents + the source image's latents
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(folder))
-    assert type(pipe).__name__ == "StableDiffusionInstructPix2PixPipeline"
 
 
 def test_tiny_editor_on_scenes_end_to_end_and_resumed(prefect_harness, tmp_path):
