@@ -192,3 +192,26 @@ def test_a_table_of_nothing_usable_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="no usable edit items \\(1 skipped"):
         check(EditingConfig(data=str(table), editor="identity", out=tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_unified_shards_in_one_language_with_reverse_directions_named(tmp_path):
+    from nexus_gen.data.shards import ShardWriter
+    from nexus_gen.data.templates import editing_messages
+
+    red, blue = {"bytes": _png((200, 10, 10)), "path": None}, {"bytes": _png((10, 10, 200)), "path": None}
+
+    def sample(sid, lang, direction, images, caps=("a red square", "a blue square")):
+        return {"id": sid, "source": "t", "task": "editing", "language": lang,
+                "messages": editing_messages("make it blue", lang), "images": images,
+                "meta": {"edit_type": "style", "direction": direction, "triplet_id": "t1",
+                         "captions": list(caps), "instruction": "make it blue"}}
+
+    with ShardWriter(tmp_path / "shards", prefix="test") as w:
+        w.write(sample("t1", "en", "forward", [red, blue]))
+        w.write(sample("t1_rev", "en", "reverse", [blue, red], ("a blue square", "a red square")))
+        w.write(sample("zh_t1", "zh", "forward", [red, blue]))
+    loaded = load_items(str(tmp_path / "shards"))
+    assert loaded.kind == "shards"
+    assert [(i.id, i.edit_type, i.source_caption) for i in loaded.items] == [
+        ("t1", "style", "a red square"), ("t1_rev", "style-reverse", "a blue square")]
+    assert [i.id for i in load_items(str(tmp_path / "shards"), language="zh").items] == ["zh_t1"]

@@ -68,7 +68,8 @@ def _instruction(sample: dict[str, Any]) -> Optional[str]:
 def shard_items(path: Path, language: Optional[str] = "en", split: Optional[str] = None,
                 masks: Optional[dict[str, bytes]] = None, kind: str = "shards") -> Loaded:
     """Editing samples of unified shards (`images[0]` source, `images[1]` target,
-    `meta.captions`, `meta.edit_type`) in `language` (None: all), from the shards of `split`
+    `meta.captions`, `meta.edit_type`; a reverse-direction sample's type gets `-reverse`) in
+    `language` (None: all), from the shards of `split`
     (file names `<split>-NNNNN.parquet`; None: all). `masks`: triplet id -> mask PNG bytes."""
     from nexus_gen.data.shards import iter_samples, shard_files
 
@@ -95,6 +96,9 @@ def shard_items(path: Path, language: Optional[str] = "en", split: Optional[str]
             out.skip(sid, "empty instruction")
             continue
         caps = list(meta.get("captions") or []) + [None, None]
+        edit_type = meta.get("edit_type") or "edit"
+        if meta.get("direction") == "reverse":  # a triplet's edit type names its forward edit
+            edit_type = f"{edit_type}-reverse"
         mask = None
         if masks is not None and meta.get("triplet_id") in masks:
             from nexus_gen.scoring.pixels import mask_array
@@ -104,7 +108,7 @@ def shard_items(path: Path, language: Optional[str] = "en", split: Optional[str]
             mask = mask_array(masks[meta["triplet_id"]], size)
         out.items.append(EditItem(
             id=sid, instruction=instruction, source=images[0], target=images[1],
-            edit_type=meta.get("edit_type") or "edit", source_caption=caps[0], target_caption=caps[1],
+            edit_type=edit_type, source_caption=caps[0], target_caption=caps[1],
             mask=mask, language=s.get("language") or "en", edited_path=_edited(sid),
             extra={"triplet_id": meta.get("triplet_id"), "direction": meta.get("direction")}))
     return out
