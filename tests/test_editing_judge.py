@@ -189,3 +189,25 @@ def test_gedit_answers_that_do_not(answer, reason):
     with pytest.raises(Unparsable) as e:
         parse_gedit_scores(answer)
     assert e.value.reason == reason
+
+
+def test_judge_through_the_command_line_keeps_the_key_out(prefect_harness, tmp_path, stand_in, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("NEXUS_GEN_JUDGE_KEY", SECRET)
+    monkeypatch.setenv("NEXUS_GEN_JUDGE_URL", stand_in)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["eval", "editing", "--data", "scenes", "--editor", "identity",
+                                   "--out", str(out), "--limit", "2", "--size", "32", "--clip", "tiny",
+                                   "--dino", "tiny", "--judge", "env"])
+    assert res.exit_code == 0, res.output
+    head = json.loads(res.stdout.strip().splitlines()[-1])
+    # scenes instructions get the stand-in's good answers: SC 6, PQ 7 for every item
+    assert (head["gedit_en_SC"], head["gedit_en_PQ"]) == (6.0, 7.0)
+    assert head["gedit_en_O"] == round(math.sqrt(42), 4) and head["gedit_not_scored"] == 0
+    assert SECRET not in res.output
+    assert not any(SECRET.encode() in p.read_bytes() for p in out.rglob("*") if p.is_file())
+    report = (out / "report.md").read_text()
+    assert "GEdit judge: 2 of 2 judgments scored" in report and "GEdit-Bench (en)" in report

@@ -129,3 +129,18 @@ def test_directional_clip_is_undefined_for_an_unchanged_image(identity_scenes):
     rows = identity_scenes[2]
     assert all(r["clip_dir"] is None for r in rows)
     assert not any(isinstance(r["clip_dir"], float) and math.isnan(r["clip_dir"]) for r in rows)
+
+
+def test_a_longer_run_extends_a_shorter_one(identity_scenes, monkeypatch):
+    """--limit may grow on resume: the first items are the same, only the new ones are edited."""
+    plan = identity_scenes[0]
+    first = {p.name: p.read_bytes() for p in (plan.out / "edited").glob("*.png")}
+    longer = check(EditingConfig(data="scenes", editor="identity", out=plan.out, limit=6, size=64,
+                                 seed=5, clip="tiny", dino="tiny"))
+    prepare(longer)
+    assert edit_step(longer) == {"edited": 2, "kept": 4, "failed": {}}
+    now = {p.name: p.read_bytes() for p in (plan.out / "edited").glob("*.png")}
+    assert len(now) == 6 and all(now[k] == v for k, v in first.items())
+    with pytest.raises(ValueError, match="differs in: seed"):
+        prepare(check(EditingConfig(data="scenes", editor="identity", out=plan.out, limit=6, size=64,
+                                    seed=6, clip="tiny", dino="tiny")))

@@ -40,7 +40,8 @@ METRICS: tuple[str, ...] = ("l1", "l2", "clip_i", "dino", "clip_t", "clip_dir", 
                             "dino_source", "l1_source", "l1_inside", "l1_outside")
 HEADLINE: tuple[str, ...] = ("l1", "l2", "clip_i", "dino", "clip_t", "clip_dir")
 # config keys that change the edited images: a run directory refuses a rerun that changes them
-EDIT_KEYS = ("data", "fmt", "editor", "seed", "size", "limit", "language", "steps", "guidance",
+# (`--limit` may change: items are taken in a fixed order, so a longer run extends a shorter one)
+EDIT_KEYS = ("data", "fmt", "editor", "seed", "size", "language", "steps", "guidance",
              "image_guidance", "dtype")
 GALLERY_ITEMS = 6
 
