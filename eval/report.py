@@ -23,6 +23,7 @@ REPORT_BUILDERS: dict[str, str] = {
     "geneval": "eval.report_geneval:build_geneval_report",
     "geneval-scenes": "eval.report_geneval:build_geneval_report",
     "understanding": "eval.understanding.understanding_report:build_understanding_report",
+    "editing": "eval.editing.edit_report:build_editing_report",
 }
 # benchmark -> "module:function" building one Report over several run directories.
 COMPARISON_BUILDERS: dict[str, str] = {

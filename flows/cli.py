@@ -25,6 +25,7 @@ app.add_typer(cli_eval.app, name="eval")
 from flows import cli_understanding; cli_understanding.register(cli_eval.app)  # noqa: E402,E702
 cli_eval.register_report(app)
 from flows import cli_select; cli_select.register(app)  # noqa: E402,E702  (one line: cli.py is shared)
+from flows import cli_editing; cli_editing.register(cli_eval.app)  # noqa: E402,E702  (eval editing)
 
 
 def main() -> None:

@@ -154,3 +154,16 @@ def _instance(part: np.ndarray, sl: tuple[slice, slice], color_index: int,
     mask[oy + y0:oy + y1, ox + x0:ox + x1] = crop
     box = (float(ox + x0), float(oy + y0), float(ox + x1), float(oy + y1))
     return Detection(shape, box, score, mask, COLORS[color_index])
+
+
+def object_in_mask(image: Image.Image, shape: str, color: str, mask: np.ndarray) -> bool:
+    """Does the detector find an object of this shape and colour whose box centre lies inside
+    `mask` (bool [H, W])? The verdict behind add ("is the added object there") and remove ("is
+    the removed object still there") edits, for built triplets and edited images alike."""
+    for d in detect(image):
+        if d.label != shape or d.color != color:
+            continue
+        cx, cy = int((d.box[0] + d.box[2]) / 2), int((d.box[1] + d.box[3]) / 2)
+        if 0 <= cy < mask.shape[0] and 0 <= cx < mask.shape[1] and mask[cy, cx]:
+            return True
+    return False

@@ -173,15 +173,8 @@ class ScenesBackend:
         obj = out.verify.get("object")
         if self.detector is None or obj is None or out.edit_type not in ("add", "remove"):
             return verdict
-        from nexus_gen.scenes.detect import detect
+        from nexus_gen.scenes.detect import object_in_mask
 
-        found = False
-        for d in detect(out.target):
-            if d.label != obj["shape"] or d.color != obj["color"]:
-                continue
-            cx, cy = int((d.box[0] + d.box[2]) / 2), int((d.box[1] + d.box[3]) / 2)
-            if 0 <= cy < out.mask.shape[0] and 0 <= cx < out.mask.shape[1] and out.mask[cy, cx]:
-                found = True
-                break
+        found = object_in_mask(out.target, obj["shape"], obj["color"], out.mask)
         verdict["object_in_mask" if out.edit_type == "add" else "object_present"] = found
         return verdict

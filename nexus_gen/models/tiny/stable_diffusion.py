@@ -1,4 +1,5 @@
-"""Tiny random-init diffusers pipelines, built offline from small configs with fixed seeds.
+"""Tiny random-init diffusers pipelines (Stable Diffusion text-to-image, inpainting and
+InstructPix2Pix editing), built offline from small configs with fixed seeds.
 
 They exercise the real `DiffusionPipeline.from_pretrained` path on CPU in seconds (64 px images),
 so generation, layout and scoring code is tested against a genuine pipeline without any hub
@@ -9,7 +10,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from functools import partial
 from pathlib import Path
 
 from nexus_gen.models.cache import build_once
@@ -17,6 +17,7 @@ from nexus_gen.models.cache import build_once
 log = logging.getLogger(__name__)
 
 TINY_SD_NAME = "tiny-stable-diffusion-v1"
+TINY_IP2P_NAME = "tiny-instruct-pix2pix-v1"
 TINY_SD_INPAINT_NAME = "tiny-stable-diffusion-inpainting-v1"
 TINY_SD_SIZE = 64  # pixels: UNet sample_size 32 x VAE scale factor 2
 _SEED = 0
@@ -61,21 +62,20 @@ def write_clip_tokenizer_files(out_dir: Path) -> tuple[Path, Path]:
     return vocab_file, merges_file
 
 
-def _build_tiny_sd(out: Path, inpaint: bool = False) -> None:
-    """Create a tiny random StableDiffusionPipeline (or, `inpaint`, a StableDiffusionInpaintPipeline
-    whose UNet takes SD-inpainting's 9 input channels: latents, mask, masked-image latents) and
-    `save_pretrained` it into `out`."""
+def _components(out: Path, unet_in_channels: int) -> dict:
+    """The seeded random components the tiny pipelines share (the UNet's input channels differ:
+    4 latent channels for text-to-image, 8 = latent + source-image latent for InstructPix2Pix,
+    9 = latent + mask + masked-image latent for inpainting)."""
     import torch
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline,
-                           StableDiffusionPipeline, UNet2DConditionModel)
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab_file, merges_file = write_clip_tokenizer_files(out / "_bpe")
     tokenizer = CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=77)
     torch.manual_seed(_SEED)
     unet = UNet2DConditionModel(
-        sample_size=TINY_SD_SIZE // 2, in_channels=9 if inpaint else 4, out_channels=4, layers_per_block=1,
-        block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=32,
+        sample_size=TINY_SD_SIZE // 2, in_channels=unet_in_channels, out_channels=4,
+        layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=32,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=4,
     )
@@ -95,23 +95,52 @@ def _build_tiny_sd(out: Path, inpaint: bool = False) -> None:
     ))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
-    pipe = cls(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-               scheduler=scheduler, safety_checker=None, feature_extractor=None,
-               requires_safety_checker=False)
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False)
+
+
+def _save(pipe, out: Path, what: str) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
-    for f in (vocab_file, merges_file):
-        f.unlink()
+    for f in ("vocab.json", "merges.txt"):
+        (out / "_bpe" / f).unlink()
     (out / "_bpe").rmdir()
-    log.info("built tiny Stable Diffusion %spipeline into %s", "inpainting " if inpaint else "", out)
+    log.info("built tiny %s pipeline into %s", what, out)
+
+
+def _build_tiny_sd(out: Path) -> None:
+    """Create a tiny random StableDiffusionPipeline and `save_pretrained` it into `out`."""
+    from diffusers import StableDiffusionPipeline
+
+    _save(StableDiffusionPipeline(**_components(out, 4)), out, "Stable Diffusion")
+
+
+def _build_tiny_ip2p(out: Path) -> None:
+    """Create a tiny random StableDiffusionInstructPix2PixPipeline and `save_pretrained` it."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    _save(StableDiffusionInstructPix2PixPipeline(**_components(out, 8)), out, "InstructPix2Pix")
+
+
+def _build_tiny_sd_inpaint(out: Path) -> None:
+    """Create a tiny random StableDiffusionInpaintPipeline and `save_pretrained` it."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    _save(StableDiffusionInpaintPipeline(**_components(out, 9)), out, "Stable Diffusion inpainting")
+
+
+def tiny_sd_inpaint_dir() -> Path:
+    """Directory of the tiny random Stable Diffusion inpainting pipeline (built on first use)."""
+    return build_once(TINY_SD_INPAINT_NAME, _build_tiny_sd_inpaint)
+
+
+def tiny_ip2p_dir() -> Path:
+    """Directory of the tiny random InstructPix2Pix pipeline (an instruction editor: 64 px in and
+    out, built on first use, then cached)."""
+    return build_once(TINY_IP2P_NAME, _build_tiny_ip2p)
 
 
 def tiny_sd_dir() -> Path:
     """Directory of the tiny random Stable Diffusion pipeline (built on first use, then cached)."""
     return build_once(TINY_SD_NAME, _build_tiny_sd)
-
-
-def tiny_sd_inpaint_dir() -> Path:
-    """Directory of the tiny random Stable Diffusion inpainting pipeline (built on first use)."""
-    return build_once(TINY_SD_INPAINT_NAME, partial(_build_tiny_sd, inpaint=True))
 
