@@ -24,6 +24,11 @@ def _files(run: Path) -> dict[str, bytes]:
             for p in sorted((run / sub).iterdir())} | {"rejects.jsonl": (run / "rejects.jsonl").read_bytes()}
 
 
+def _markers(done: Path) -> list[Path]:
+    """Finished shards' markers (not a marker being written under its temporary name)."""
+    return [p for p in done.iterdir() if p.suffix == ".json" and not p.name.startswith(".")]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("flow")
@@ -93,7 +98,7 @@ def test_sigkill_then_same_command(reference, tmp_path):
     deadline = time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
-            if done.is_dir() and len(list(done.iterdir())) >= 1:
+            if done.is_dir() and len(_markers(done)) >= 1:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, "the build ended before the kill:\n" + (tmp_path / "first.log").read_text()[-3000:]
@@ -101,7 +106,7 @@ def test_sigkill_then_same_command(reference, tmp_path):
     finally:
         proc.wait(timeout=60)
         log.close()
-    finished = {p.name: p.stat().st_mtime_ns for p in done.iterdir()}
+    finished = {p.name: p.stat().st_mtime_ns for p in _markers(done)}
     assert 1 <= len(finished) < n_shards, "the kill must land mid-run"
     assert not (out / "run.json").exists()
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -110,6 +115,6 @@ def test_sigkill_then_same_command(reference, tmp_path):
     ref = json.loads((loop / "run.json").read_text())
     assert last == {"triplets": ref["counts"]["triplets"], "samples": ref["counts"]["samples"],
                     "rejected": ref["counts"]["rejected"], "shards": n_shards}
-    assert {p.name: p.stat().st_mtime_ns for p in done.iterdir() if p.name in finished} == finished
+    assert {p.name: p.stat().st_mtime_ns for p in _markers(done) if p.name in finished} == finished
     assert (out / "data" / "manifest.json").read_bytes() == (loop / "data" / "manifest.json").read_bytes()
     assert _files(out) == _files(loop)
