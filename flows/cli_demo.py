@@ -10,7 +10,8 @@ import typer
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Demo output directory."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1,
-                                        help="A tag-balanced subset of the scenes prompts (default: all 408)."),
+                                        help="A tag-balanced subset of the scenes prompts (default: all 408 for the "
+                                        "ground truth, 24 for the slow tiny pipeline)."),
     n_images: int = typer.Option(2, "--n-images", min=1, help="Images per prompt."),
 ) -> None:
     """Convert, validate and export the reference examples, then GenEval-scenes with the

@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
+import click
 import typer
 
 from eval.geneval.rules import ScoringOptions  # light: no torch
@@ -43,13 +44,14 @@ _MAX_OBJECTS = typer.Option(_DEFAULTS.max_objects, help="at most this many detec
 _NMS = typer.Option(_DEFAULTS.nms_threshold, help="per-class NMS IoU threshold (1.0 = off, the official default)")
 _POSITION = typer.Option(_DEFAULTS.position_threshold, help="the relative-position margin")
 _GENERATOR = typer.Option(..., help=_GEN_HELP)
-_OUT = typer.Option(..., help="run directory (resumable: existing images are kept)")
+_OUT = typer.Option(..., "--out", "-o", help="run directory (resumable: existing images are kept)")
 _LIMIT = typer.Option(None, help="a tag-balanced subset of this many prompts")
 _N_IMAGES = typer.Option(4, help="images per prompt")
 _SEED = typer.Option(0, help="base seed; each image's seed derives from it")
 _BATCH_SIZE = typer.Option(1, help="images per generator call (1 = byte-exact resume)")
 _DEVICE = typer.Option("cpu")
-_DTYPE = typer.Option("float32")
+_DTYPE = typer.Option("float32", click_type=click.Choice(["float32", "float16", "bfloat16"]),
+                      help="generator precision")
 _STEPS = typer.Option(None, help="inference steps (diffusers)")
 _GUIDANCE = typer.Option(None, help="guidance scale (diffusers)")
 _SIZE = typer.Option(None, help="image size in pixels")
@@ -70,9 +72,10 @@ def _run_benchmark(benchmark: str, params: dict[str, Any]) -> None:
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     from flows.evaluate import run_checked
+    from flows.runtime import run_flow
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
-    summary = run_checked(plan)
+    summary = run_flow(run_checked, plan, resume_hint=f"rerun the same command (same --out "
+                       f"{plan.out}) to resume")
     typer.echo(f"report: {plan.out / 'report.html'}")
     typer.echo(json.dumps(summary, sort_keys=False))
 
@@ -116,7 +119,7 @@ def geneval_scenes(
 def geneval_score(
     ctx: typer.Context,
     detections: Path = typer.Argument(..., help="a detections.jsonl written by a GenEval run"),
-    out: Path = typer.Option(..., help="results.jsonl to write (official rows)"),
+    out: Path = typer.Option(..., "--out", "-o", help="results.jsonl to write (official rows)"),
     threshold: float = _THRESHOLD, counting_threshold: float = _COUNTING,
     max_objects: int = _MAX_OBJECTS, nms_threshold: float = _NMS,
     position_threshold: float = _POSITION,

@@ -24,3 +24,11 @@ def test_help_shows_no_value_type_for_flags():
         assert "--help" in text
         assert "<bool>" not in text, f"nexus-gen {' '.join(args)} --help:\n{text}"
     assert re.search(r"--absolute-paths\s+nexus-gen-jsonl", _help("export"))
+
+
+def test_version_comes_from_the_installed_package():
+    from importlib.metadata import version
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0
+    assert res.output == f"nexus-gen {version('nexus-gen')}\n"
