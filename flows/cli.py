@@ -53,8 +53,7 @@ from flows import cli_select; cli_select.register(app)  # noqa: E402,E702  (one 
 
 
 def main() -> None:
-    runtime.configure_logging()
-    app()
+    app()  # logging is set up by the root callback, which knows --verbose
 
 
 if __name__ == "__main__":

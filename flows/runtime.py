@@ -23,7 +23,12 @@ from typing import Any, Callable, TypeVar
 
 import typer
 
-ENV_DEFAULTS: dict[str, str] = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+ENV_DEFAULTS: dict[str, str] = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # The first start creates and migrates the server's database: on a busy machine that takes
+    # longer than Prefect's default 20 s, which then fails the command.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
 OUR_LOGGERS = ("flows", "eval", "nexus_gen")
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for a Ctrl-C
@@ -68,6 +73,10 @@ def start_prefect_server() -> None:
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         SubprocessASGIServer().start()  # a per-process singleton: the client reuses it
+    except RuntimeError as e:  # Prefect's "Timed out while attempting to connect ..."
+        typer.echo(f"error: Prefect's local server did not start ({e}); run the command again, "
+                   f"or point PREFECT_API_URL at a running Prefect server", err=True)
+        raise typer.Exit(1) from None
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a Ctrl-C meanwhile arrives now
 
