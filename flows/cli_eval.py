@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import fields
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 
 from eval.geneval.rules import ScoringOptions  # light: no torch
@@ -50,8 +50,16 @@ _N_IMAGES = typer.Option(4, help="images per prompt")
 _SEED = typer.Option(0, help="base seed; each image's seed derives from it")
 _BATCH_SIZE = typer.Option(1, help="images per generator call (1 = byte-exact resume)")
 _DEVICE = typer.Option("cpu")
-_DTYPE = typer.Option("float32", click_type=click.Choice(["float32", "float16", "bfloat16"]),
-                      help="generator precision")
+_DTYPE = typer.Option("float32", help="generator precision")
+
+
+class DType(str, Enum):
+    """The torch dtypes a generator runs in."""
+
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
 _STEPS = typer.Option(None, help="inference steps (diffusers)")
 _GUIDANCE = typer.Option(None, help="guidance scale (diffusers)")
 _SIZE = typer.Option(None, help="image size in pixels")
@@ -66,6 +74,7 @@ def _run_benchmark(benchmark: str, params: dict[str, Any]) -> None:
     own arguments, by name (its click context's `params`)."""
     from eval.geneval.run import GenEvalConfig, check
 
+    params = {k: v.value if isinstance(v, Enum) else v for k, v in params.items()}
     options, rest = _split_options(params)
     try:
         plan = check(GenEvalConfig.from_params(benchmark, options=options, **rest))
@@ -85,7 +94,7 @@ def geneval(
     ctx: typer.Context,
     generator: str = _GENERATOR, out: Path = _OUT, limit: Optional[int] = _LIMIT,
     n_images: int = _N_IMAGES, seed: int = _SEED, batch_size: int = _BATCH_SIZE,
-    device: str = _DEVICE, dtype: str = _DTYPE, steps: Optional[int] = _STEPS,
+    device: str = _DEVICE, dtype: DType = _DTYPE, steps: Optional[int] = _STEPS,
     guidance: Optional[float] = _GUIDANCE, size: Optional[int] = _SIZE,
     detector: str = typer.Option("paper", help="`paper` (Mask2Former Swin-S COCO), `tiny`, hub id, folder"),
     clip: str = typer.Option("paper", help="colour classifier CLIP (`paper` = ViT-L-14 openai)"),
@@ -104,7 +113,7 @@ def geneval_scenes(
     ctx: typer.Context,
     generator: str = _GENERATOR, out: Path = _OUT, limit: Optional[int] = _LIMIT,
     n_images: int = _N_IMAGES, seed: int = _SEED, batch_size: int = _BATCH_SIZE,
-    device: str = _DEVICE, dtype: str = _DTYPE, steps: Optional[int] = _STEPS,
+    device: str = _DEVICE, dtype: DType = _DTYPE, steps: Optional[int] = _STEPS,
     guidance: Optional[float] = _GUIDANCE, size: Optional[int] = _SIZE,
     prompts: Optional[Path] = typer.Option(None, help="a prompt file instead of the scenes set"),
     threshold: float = _THRESHOLD, counting_threshold: float = _COUNTING,

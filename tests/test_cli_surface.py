@@ -32,3 +32,27 @@ def test_version_comes_from_the_installed_package():
     res = runner.invoke(app, ["--version"])
     assert res.exit_code == 0
     assert res.output == f"nexus-gen {version('nexus-gen')}\n"
+
+
+def _commands(group, prefix=()):
+    """(path, click command) for every command under a click group."""
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,), cmd
+
+
+def test_output_options_are_spelled_the_same_everywhere():
+    """Every command writing to a path takes it as `-o/--out`; the dtype choices are checked by
+    the command line parser, before any work."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    commands = dict(_commands(root))
+    for path in [("demo",), ("scenes", "sample"), ("scenes", "prompts"), ("eval", "geneval"),
+                 ("eval", "geneval-scenes"), ("eval", "geneval-score"), ("convert",), ("export",)]:
+        out = next(p for p in commands[path].params if p.name == "out")
+        assert sorted(out.opts) == ["--out", "-o"], path
+    res = runner.invoke(app, ["eval", "geneval-scenes", "--generator", "noise", "-o", "x", "--dtype", "float8"])
+    assert res.exit_code == 2 and "float8" in res.output and "float32" in res.output
