@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 
 from eval.geneval.rules import ScoringOptions  # light: no torch
+from flows.runtime import fail as _fail
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +22,6 @@ app = typer.Typer(help="Benchmarks: GenEval, GenEval-scenes, re-scoring.", no_ar
 
 _GEN_HELP = ("`tiny` (random-init diffusers pipeline), a diffusers pipeline hub id or local folder; "
              "for geneval-scenes also `ground-truth` or `noise`")
-
-
-def _fail(e: Exception) -> None:
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(code=2)
 
 
 def _split_options(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

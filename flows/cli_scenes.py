@@ -3,13 +3,10 @@ from pathlib import Path
 
 import typer
 
+from flows.runtime import fail
+
 app = typer.Typer(help="The procedural scenes world: a contact sheet of samples, the GenEval-schema "
                   "prompt set.", no_args_is_help=True)
-
-
-def _say_error(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command("sample")
@@ -49,8 +46,8 @@ def prompts(
     from nexus_gen.scenes.prompts import write_prompts
 
     if out.is_dir():
-        _say_error(f"--out {out} is a directory: give a file path, e.g. {out / 'prompts.jsonl'}")
+        fail(f"--out {out} is a directory: give a file path, e.g. {out / 'prompts.jsonl'}")
     if out.parent.exists() and not out.parent.is_dir():
-        _say_error(f"--out {out}: {out.parent} is not a directory")
+        fail(f"--out {out}: {out.parent} is not a directory")
     path = write_prompts(out, seed)
     logging.getLogger(__name__).info("wrote %s", path)

@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from prefect import flow
+from flows.runtime import set_env_defaults
+
+set_env_defaults()  # under `python -m flows.demo` prefect is imported here, before the CLI's own call
+
+from prefect import flow  # noqa: E402
 
 log = logging.getLogger("flows.demo")  # not "__main__" under `python -m`
 
@@ -145,8 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """`python -m flows.demo ...`: the same as `nexus-gen demo ...`."""
     from flows.cli import app
 
-    app(["demo", *(argv if argv is not None else __import__("sys").argv[1:])],
-        prog_name="python -m flows.demo")
+    app(["demo", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m flows.demo")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,13 @@ def configure_logging(verbose: bool = False) -> None:
             logging.getLogger("prefect").setLevel(logging.WARNING)
 
 
+def fail(problem: object) -> None:
+    """End the command with one line naming the input and the problem (exit code 2, as for a
+    bad option), no traceback."""
+    typer.echo(f"error: {problem}", err=True)
+    raise typer.Exit(code=2)
+
+
 def start_prefect_server() -> None:
     """Start Prefect's ephemeral API server (the one its client would start on first use) with
     SIGINT blocked, so the terminal's Ctrl-C does not reach it. No-op when a server is
