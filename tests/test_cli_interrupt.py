@@ -100,3 +100,14 @@ def test_ctrl_c_stops_a_flow_command_within_seconds_and_it_resumes(tmp_path, pre
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in kept} == kept
     assert len(list(out.glob("*/samples/*.png"))) == 240
     assert json.loads(res.stdout.splitlines()[-1])["overall"] >= 0.98
+
+
+def test_library_info_lines_on_the_root_logger_show_only_when_verbose(prefect_home):
+    """open_clip logs its loading steps with `logging.info` on the root logger."""
+    code = ("import sys; from flows import runtime; runtime.configure_logging(sys.argv[1] == 'v'); "
+            "from nexus_gen.scoring.clip import load_clip; load_clip('tiny')")
+    quiet, loud = (subprocess.run([sys.executable, "-c", code, flag], env=_env(prefect_home),
+                                  capture_output=True, text=True, timeout=300) for flag in ("q", "v"))
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "INFO root:" in loud.stderr and "INFO root:" not in quiet.stderr
+    assert "INFO nexus_gen.scoring.clip: loaded CLIP" in quiet.stderr  # ours stay
