@@ -47,16 +47,23 @@ def test_prompts_command_writes_the_generator_output(tmp_path):
 
 
 def test_prompts_never_writes_into_the_package_by_default(tmp_path, monkeypatch):
-    from nexus_gen.scenes.prompts import SHIPPED
+    import nexus_gen.scenes.prompts as scenes_prompts
 
-    shipped = SHIPPED.read_bytes()
-    monkeypatch.chdir(tmp_path)
+    # a stand-in for the shipped file, so a regression cannot overwrite the real one
+    shipped = tmp_path / "pkg" / "evaluation_metadata.jsonl"
+    shipped.parent.mkdir()
+    shipped.write_bytes(scenes_prompts.SHIPPED.read_bytes())
+    monkeypatch.setattr(scenes_prompts, "SHIPPED", shipped)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     res = runner.invoke(app, ["scenes", "prompts", "--seed", "7"])
     assert res.exit_code == 2 and "--out" in res.output
-    assert SHIPPED.read_bytes() == shipped and list(tmp_path.iterdir()) == []
+    assert shipped.read_bytes() == scenes_prompts.SHIPPED.read_bytes() == to_jsonl(generate_prompts(0)).encode()
+    assert list(work.iterdir()) == []
     res = runner.invoke(app, ["scenes", "prompts", "-o", "p.jsonl", "--seed", "7"])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "p.jsonl").read_text(encoding="utf-8") == to_jsonl(generate_prompts(7))
+    assert (work / "p.jsonl").read_text(encoding="utf-8") == to_jsonl(generate_prompts(7))
 
 
 def test_prompts_into_a_folder_is_one_clear_line(tmp_path):
