@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m flows.demo --out runs/demo
+	$(VENV)/bin/nexus-gen demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -11,7 +11,6 @@ import html
 import importlib
 import io
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -25,7 +24,8 @@ REPORT_BUILDERS: dict[str, str] = {
     "understanding": "eval.understanding.understanding_report:build_understanding_report",
     "editing": "eval.editing.edit_report:build_editing_report",
 }
-# benchmark -> "module:function" building one Report over several run directories.
+# benchmark -> "module:function" building one Report over several run directories of that
+# benchmark: f(run_dirs, links_from=DIR), DIR being where the report goes (links to runs' reports).
 COMPARISON_BUILDERS: dict[str, str] = {
     "geneval": "eval.report_geneval:build_comparison_report",
     "geneval-scenes": "eval.report_geneval:build_comparison_report",
@@ -57,7 +57,7 @@ class Figure:
 
 @dataclass
 class Section:
-    """Text paragraphs (a tiny markdown subset: `- ` bullets, `code`, **bold**), then tables and
+    """Text paragraphs (markdown: bullets, `code`, **bold**, [links](...)), then tables and
     figures, then optionally a preformatted block (e.g. the run's config as JSON)."""
 
     title: str
@@ -153,17 +153,15 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _inline_html(text: str) -> str:
-    s = html.escape(text, quote=False)
-    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
-
-
 def _para_html(para: str) -> str:
-    lines = para.splitlines()
-    if lines and all(line.startswith("- ") for line in lines):
-        return "<ul>" + "".join(f"<li>{_inline_html(line[2:])}</li>" for line in lines) + "</ul>"
-    return f"<p>{_inline_html(para)}</p>"
+    """A paragraph's markdown as HTML (Python-Markdown, with raw HTML escaped, not passed through:
+    text may hold model ids and paths)."""
+    import markdown
+
+    md = markdown.Markdown()
+    md.preprocessors.deregister("html_block")
+    md.inlinePatterns.deregister("html")
+    return md.convert(para)
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
@@ -252,22 +250,47 @@ def child_runs(parent: Path) -> list[Path]:
 
 def build_run_report(run_dir: Path) -> Report:
     """The Report of a run directory, by its benchmark's registered builder; for a directory of
-    run directories, their side-by-side comparison."""
+    run directories, their side-by-side comparison (one per benchmark: scores of different
+    benchmarks are not comparable, so they never share a table)."""
     run_dir = Path(run_dir)
     children = child_runs(run_dir) if not (run_dir / "config.json").is_file() else []
     if children:
-        benches = {read_run_config(c).get("benchmark") for c in children}
-        specs = {COMPARISON_BUILDERS.get(b) for b in benches}
-        if len(specs) != 1 or None in specs:
-            raise ValueError(f"{run_dir}: its runs ({', '.join(c.name for c in children)}) are of "
-                             f"benchmarks {sorted(map(str, benches))} that no one report compares")
-        return _load(specs.pop())(children)
+        return build_runs_report(run_dir, children)
     config = read_run_config(run_dir)
     bench = config.get("benchmark")
     if bench not in REPORT_BUILDERS:
         raise ValueError(f"{Path(run_dir) / 'config.json'}: benchmark {bench!r} has no report "
                          f"builder; known: {sorted(REPORT_BUILDERS)}")
     return _load(REPORT_BUILDERS[bench])(run_dir)
+
+
+def build_runs_report(parent: Path, children: Sequence[Path]) -> Report:
+    """The report of several run directories (written into `parent`, which links to each run's
+    own report): their benchmark's side-by-side comparison, or, for runs of several benchmarks,
+    one comparison per benchmark under a note that they are not comparable."""
+    groups: dict[str, list[Path]] = {}
+    for c in children:
+        groups.setdefault(str(read_run_config(c).get("benchmark")), []).append(Path(c))
+    unknown = sorted(b for b in groups if b not in COMPARISON_BUILDERS)
+    if unknown:
+        raise ValueError(f"{parent}: its runs {', '.join(c.name for b in unknown for c in groups[b])} "
+                         f"are of benchmark(s) {unknown} that no one report compares; known: "
+                         f"{sorted(COMPARISON_BUILDERS)}")
+    reports = {b: _load(COMPARISON_BUILDERS[b])(runs, links_from=parent) for b, runs in groups.items()}
+    if len(reports) == 1:
+        return next(iter(reports.values()))
+    names = ", ".join(f"`{b}` ({', '.join(c.name for c in groups[b])})" for b in reports)
+    merged = Report(f"{Path(parent).name}: runs of {len(reports)} benchmarks", [Section(
+        "Not comparable across benchmarks", text=[
+            f"These runs are of different benchmarks: {names}. Their prompt sets, detectors and "
+            f"scales differ, so their scores are not comparable: each benchmark has its own "
+            f"tables below."])])
+    for bench, rep in reports.items():
+        for s in rep.sections:
+            merged.sections.append(Section(
+                f"{bench}: {s.title}", text=list(s.text), tables=list(s.tables), code=s.code,
+                figures=[Figure(f"{bench}_{f.name}", f.png, f.caption) for f in s.figures]))
+    return merged
 
 
 def write_run_report(run_dir: Path) -> tuple[Report, Path, Path]:

@@ -207,8 +207,13 @@ def build_geneval_report(run_dir: Path) -> Report:
     return Report(f"GenEval report: {model_id}", [head, tags, compare, setup])
 
 
-def build_comparison_report(run_dirs: Sequence[Path], title: str = "GenEval runs side by side") -> Report:
-    """One report over several scored runs: per-tag accuracy per run, table and grouped bar chart."""
+def build_comparison_report(run_dirs: Sequence[Path], title: str = "GenEval runs side by side",
+                            links_from: Optional[Path] = None) -> Report:
+    """One report over several scored runs: per-tag accuracy per run, table and grouped bar chart.
+    Each run's own report is linked relative to `links_from` (where this report is written;
+    default: the runs' common parent)."""
+    import os
+
     from eval.report import Figure
 
     runs = []
@@ -219,6 +224,8 @@ def build_comparison_report(run_dirs: Sequence[Path], title: str = "GenEval runs
         runs.append((Path(d), config, summary, str(name)))
     if not runs:
         raise ValueError("a comparison report needs at least one run directory")
+    base = Path(links_from) if links_from is not None else Path(
+        os.path.commonpath([str(d.resolve().parent) for d, _, _, _ in runs]))
     tags = [t for t in TAGS if any(_num(s.get(t)) is not None for _, _, s, _ in runs)]
     rows = [[t] + [_num(s.get(t)) for _, _, s, _ in runs] for t in tags]
     rows.append(["overall"] + [_num(s.get("overall")) for _, _, s, _ in runs])
@@ -226,11 +233,16 @@ def build_comparison_report(run_dirs: Sequence[Path], title: str = "GenEval runs
     png = bar_chart(tags + ["overall"], {name: [r[i + 1] or 0.0 for r in rows[:-1]]
                                          for i, (_, _, _, name) in enumerate(runs)},
                     title="Per-tag accuracy by generator")
+
+    def link(d: Path) -> str:
+        target = Path(os.path.relpath((d / "report.html").resolve(), base.resolve())).as_posix()
+        return f"[{target}]({target})"
+
     lines = "\n".join(
         f"- `{name}`: run directory `{d}` ({c.get('benchmark')}, prompt set "
         f"`{c.get('prompt_set', {}).get('name')}`, {c.get('prompt_set', {}).get('n_used')} prompts x "
-        f"{c.get('n_images')} images, base seed {c.get('base_seed')}); its own report is "
-        f"`{d / 'report.html'}`" for d, c, _, name in runs)
+        f"{c.get('n_images')} images, base seed {c.get('base_seed')}); its own report: "
+        f"{link(d)}" for d, c, _, name in runs)
     return Report(title, [Section("Runs", text=[lines]), Section(
         "Per-tag accuracy", tables=[Table(["tag"] + [n for _, _, _, n in runs], rows)],
         figures=[Figure("comparison_per_tag", png, caption="Per-tag accuracy of each run")])])

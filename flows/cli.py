@@ -2,11 +2,15 @@
 heavy imports (torch, diffusers, prefect) happen inside the commands, so `--help` is instant."""
 from __future__ import annotations
 
-import logging
+from flows import runtime
 
-import typer
+runtime.set_env_defaults()  # before anything imports prefect
 
-from flows import cli_build, cli_data, cli_eval, cli_scenes, cli_scoring
+from typing import Optional  # noqa: E402
+
+import typer  # noqa: E402
+
+from flows import cli_build, cli_data, cli_demo, cli_eval, cli_scenes, cli_scoring  # noqa: E402
 
 app = typer.Typer(
     name="nexus-gen",
@@ -17,6 +21,27 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"nexus-gen {version('nexus-gen')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Also show Prefect's run logs and libraries' INFO lines."),
+    _show_version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                                 help="Print the installed version and exit."),
+) -> None:
+    """Build, convert, score and benchmark data for unified image understanding / generation /
+    editing models (Nexus-Gen style)."""
+    runtime.configure_logging(verbose)
+
+
 cli_data.register(app)
 cli_build.register(app)
 cli_scoring.register(app)
@@ -24,13 +49,13 @@ app.add_typer(cli_scenes.app, name="scenes")
 app.add_typer(cli_eval.app, name="eval")
 from flows import cli_understanding; cli_understanding.register(cli_eval.app)  # noqa: E402,E702
 cli_eval.register_report(app)
+cli_demo.register(app)
 from flows import cli_select; cli_select.register(app)  # noqa: E402,E702  (one line: cli.py is shared)
 from flows import cli_editing; cli_editing.register(cli_eval.app)  # noqa: E402,E702  (eval editing)
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    app()
+    app()  # logging is set up by the root callback, which knows --verbose
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import fields
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from eval.geneval.rules import ScoringOptions  # light: no torch
+from flows.runtime import fail as _fail
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +22,6 @@ app = typer.Typer(help="Benchmarks: GenEval, GenEval-scenes, re-scoring.", no_ar
 
 _GEN_HELP = ("`tiny` (random-init diffusers pipeline), a diffusers pipeline hub id or local folder; "
              "for geneval-scenes also `ground-truth` or `noise`")
-
-
-def _fail(e: Exception) -> None:
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(code=2)
 
 
 def _split_options(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -43,13 +40,22 @@ _MAX_OBJECTS = typer.Option(_DEFAULTS.max_objects, help="at most this many detec
 _NMS = typer.Option(_DEFAULTS.nms_threshold, help="per-class NMS IoU threshold (1.0 = off, the official default)")
 _POSITION = typer.Option(_DEFAULTS.position_threshold, help="the relative-position margin")
 _GENERATOR = typer.Option(..., help=_GEN_HELP)
-_OUT = typer.Option(..., help="run directory (resumable: existing images are kept)")
+_OUT = typer.Option(..., "--out", "-o", help="run directory (resumable: existing images are kept)")
 _LIMIT = typer.Option(None, help="a tag-balanced subset of this many prompts")
 _N_IMAGES = typer.Option(4, help="images per prompt")
 _SEED = typer.Option(0, help="base seed; each image's seed derives from it")
 _BATCH_SIZE = typer.Option(1, help="images per generator call (1 = byte-exact resume)")
 _DEVICE = typer.Option("cpu")
-_DTYPE = typer.Option("float32")
+_DTYPE = typer.Option("float32", help="generator precision")
+
+
+class DType(str, Enum):
+    """The torch dtypes a generator runs in."""
+
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
 _STEPS = typer.Option(None, help="inference steps (diffusers)")
 _GUIDANCE = typer.Option(None, help="guidance scale (diffusers)")
 _SIZE = typer.Option(None, help="image size in pixels")
@@ -64,15 +70,17 @@ def _run_benchmark(benchmark: str, params: dict[str, Any]) -> None:
     own arguments, by name (its click context's `params`)."""
     from eval.geneval.run import GenEvalConfig, check
 
+    params = {k: v.value if isinstance(v, Enum) else v for k, v in params.items()}
     options, rest = _split_options(params)
     try:
         plan = check(GenEvalConfig.from_params(benchmark, options=options, **rest))
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     from flows.evaluate import run_checked
+    from flows.runtime import run_flow
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
-    summary = run_checked(plan)
+    summary = run_flow(run_checked, plan, resume_hint=f"rerun the same command (same --out "
+                       f"{plan.out}) to resume")
     typer.echo(f"report: {plan.out / 'report.html'}")
     typer.echo(json.dumps(summary, sort_keys=False))
 
@@ -82,7 +90,7 @@ def geneval(
     ctx: typer.Context,
     generator: str = _GENERATOR, out: Path = _OUT, limit: Optional[int] = _LIMIT,
     n_images: int = _N_IMAGES, seed: int = _SEED, batch_size: int = _BATCH_SIZE,
-    device: str = _DEVICE, dtype: str = _DTYPE, steps: Optional[int] = _STEPS,
+    device: str = _DEVICE, dtype: DType = _DTYPE, steps: Optional[int] = _STEPS,
     guidance: Optional[float] = _GUIDANCE, size: Optional[int] = _SIZE,
     detector: str = typer.Option("paper", help="`paper` (Mask2Former Swin-S COCO), `tiny`, hub id, folder"),
     clip: str = typer.Option("paper", help="colour classifier CLIP (`paper` = ViT-L-14 openai)"),
@@ -101,7 +109,7 @@ def geneval_scenes(
     ctx: typer.Context,
     generator: str = _GENERATOR, out: Path = _OUT, limit: Optional[int] = _LIMIT,
     n_images: int = _N_IMAGES, seed: int = _SEED, batch_size: int = _BATCH_SIZE,
-    device: str = _DEVICE, dtype: str = _DTYPE, steps: Optional[int] = _STEPS,
+    device: str = _DEVICE, dtype: DType = _DTYPE, steps: Optional[int] = _STEPS,
     guidance: Optional[float] = _GUIDANCE, size: Optional[int] = _SIZE,
     prompts: Optional[Path] = typer.Option(None, help="a prompt file instead of the scenes set"),
     threshold: float = _THRESHOLD, counting_threshold: float = _COUNTING,
@@ -116,7 +124,7 @@ def geneval_scenes(
 def geneval_score(
     ctx: typer.Context,
     detections: Path = typer.Argument(..., help="a detections.jsonl written by a GenEval run"),
-    out: Path = typer.Option(..., help="results.jsonl to write (official rows)"),
+    out: Path = typer.Option(..., "--out", "-o", help="results.jsonl to write (official rows)"),
     threshold: float = _THRESHOLD, counting_threshold: float = _COUNTING,
     max_objects: int = _MAX_OBJECTS, nms_threshold: float = _NMS,
     position_threshold: float = _POSITION,

@@ -35,5 +35,5 @@ def prefect_harness():
     in tests that run a flow through Prefect's engine."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # 30 s is too short on a busy machine
         yield

@@ -97,7 +97,7 @@ def test_a_run_reads_the_prompt_file_and_generation_record_once(tmp_path, opened
     prompts.write_bytes(geneval_run.PROMPT_SETS["scenes"].read_bytes())
     out = tmp_path / "run"
     run_geneval(GenEvalConfig(generator="noise", out=out, benchmark="geneval-scenes", limit=6,
-                              n_images=1, size=64, prompts=prompts))
+                              n_images=1, size=136, prompts=prompts))
     assert opened[prompts.resolve()] == 2  # parsed once and hashed once, both in `check`
     assert opened[(out / "generation.json").resolve()] == 0  # written, never read back
     assert json.loads((out / "config.json").read_text())["prompt_set"]["sha256"] == \
@@ -106,7 +106,7 @@ def test_a_run_reads_the_prompt_file_and_generation_record_once(tmp_path, opened
         json.loads((out / "generation.json").read_text())
     opened.clear()  # a resumed run reads the earlier record once (checked, seeds kept)
     run_geneval(GenEvalConfig(generator="noise", out=out, benchmark="geneval-scenes", limit=6,
-                              n_images=1, size=64, prompts=prompts))
+                              n_images=1, size=136, prompts=prompts))
     assert opened[(out / "generation.json").resolve()] == 1
 
 
@@ -131,7 +131,7 @@ def test_command_line_checks_the_config_once(prefect_harness, tmp_path, monkeypa
     calls = _count_checks(monkeypatch)
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["eval", "geneval-scenes", "--generator", "noise", "--out", str(out),
-                                   "--limit", "2", "--n-images", "1", "--size", "64",
+                                   "--limit", "2", "--n-images", "1", "--size", "136",
                                    "--threshold", "0.5"])
     assert res.exit_code == 0, res.output
     assert len(calls) == 1
@@ -256,7 +256,7 @@ def test_a_damaged_generation_record_stops_resume_with_its_path(tmp_path, conten
     out = tmp_path / "run"
     out.mkdir()
     (out / "generation.json").write_bytes(content.encode("utf-8", "surrogateescape"))
-    cfg = GenEvalConfig(generator="noise", out=out, benchmark="geneval-scenes", limit=2, n_images=1, size=64)
+    cfg = GenEvalConfig(generator="noise", out=out, benchmark="geneval-scenes", limit=2, n_images=1, size=136)
     with pytest.raises(ValueError, match=re.escape(str(out / "generation.json"))):
         run_geneval(cfg)
     assert not any(out.rglob("*.png"))  # nothing generated next to a record it cannot trust

@@ -162,3 +162,78 @@ def test_comparison_report_and_bad_run_dirs(tmp_path):
     (b / "summary.json").unlink()
     with pytest.raises(FileNotFoundError, match="not been scored"):
         build_run_report(b)
+
+
+class _Tables(HTMLParser):
+    """Each <table> of a page as rows of cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.tags: list[str] = []
+        self._cell = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.tables[-1][-1].append("")
+            self._cell = True
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self._cell = False
+
+    def handle_data(self, data):
+        if self._cell:
+            self.tables[-1][-1][-1] += data
+
+
+def _tables(path: Path) -> _Tables:
+    page = _Tables()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def test_runs_of_different_benchmarks_never_share_a_table(tmp_path):
+    _fake_scored_run(tmp_path / "ge", "geneval", "geneval", 553, [("colors", True)],
+                     {"overall": 0.8, "colors": 0.8, "correct_prompts": 0.8})
+    _fake_scored_run(tmp_path / "sc", "geneval-scenes", "scenes", 408, [("colors", True)],
+                     {"overall": 1.0, "colors": 1.0, "correct_prompts": 1.0})
+    _, md, html = write_run_report(tmp_path)
+    per_tag = [t for t in _tables(html).tables if t and t[0][0] == "tag"]
+    assert len(per_tag) == 2  # one comparison per benchmark, each with its one run
+    assert sorted(t[[r[0] for r in t].index("overall")][1] for t in per_tag) == ["0.8", "1"]
+    assert all(len(row) == 2 for t in per_tag for row in t)
+    assert "not comparable" in md.read_text()
+    assert {p.name for p in (tmp_path / "report_files").iterdir()} == {
+        "geneval_comparison_per_tag.png", "geneval-scenes_comparison_per_tag.png"}
+
+
+def test_comparison_links_each_runs_own_report(tmp_path):
+    runs = [_fake_scored_run(tmp_path / name, "geneval-scenes", "scenes", 2, [("colors", ok)],
+                             {"overall": float(ok), "colors": float(ok), "correct_prompts": float(ok)})
+            for name, ok in (("a", True), ("b", False))]
+    for run in runs:
+        write_run_report(run)
+    _, _, html = write_run_report(tmp_path)
+    links = [v for tag, k, v in _parse(html).refs if tag == "a" and k == "href"]
+    assert sorted(links) == ["a/report.html", "b/report.html"]
+    assert all((tmp_path / link).is_file() for link in links)
+    # written elsewhere, the links still lead to the runs' reports
+    _, page = write_report(build_comparison_report(runs, links_from=tmp_path / "x" / "y"), tmp_path / "x" / "y")
+    links = [v for tag, k, v in _parse(page).refs if tag == "a"]
+    assert sorted(links) == ["../../a/report.html", "../../b/report.html"]
+
+
+def test_report_text_is_markdown_with_raw_html_escaped(tmp_path):
+    report = Report("t", [Section("s", text=["model `<b>m</b>` and <script>alert(1)</script>, "
+                                             "see [the run](run/report.html)"])])
+    _, html = write_report(report, tmp_path)
+    page = _tables(html)
+    assert "script" not in page.tags and "b" not in page.tags
+    assert "<code>&lt;b&gt;m&lt;/b&gt;</code>" in html.read_text()
+    assert [r for r in _parse(html).refs if r[0] == "a"] == [("a", "href", "run/report.html")]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
@@ -211,15 +210,24 @@ class GenerationResult:
 
 def _save_png(image: Image.Image, path: Path) -> None:
     """Write through a temporary name so a killed run never leaves a half-written sample behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with layout.atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
-def _check_generation_record(out: Path, record: dict[str, Any]) -> dict[str, Any]:
+SEED_RULE = "sha256('geneval:{base}:{index}:{sample}')[:4] & 0x7fffffff"
+
+
+def generation_record(model_id: str, base_seed: int, settings: Optional[dict[str, Any]],
+                      n_images: int) -> dict[str, Any]:
+    """What identifies a generation in `generation.json` (seeds are added as images are made)."""
+    return {"model_id": model_id, "base_seed": base_seed, "settings": settings or {},
+            "n_images": n_images, "seed_rule": SEED_RULE}
+
+
+def check_generation_record(out: Path, record: dict[str, Any]) -> dict[str, Any]:
     """The earlier run's generation record in `out` ({} if none), after checking that it made its
-    images the same way (else resuming would mix two generations)."""
-    p = out / GENERATION_FILE
+    images the same way (else resuming would mix two generations). Reads only."""
+    p = Path(out) / GENERATION_FILE
     if not p.is_file():
         return {}
     try:
@@ -236,34 +244,44 @@ def _check_generation_record(out: Path, record: dict[str, Any]) -> dict[str, Any
     return old
 
 
+def check_prompt_folders(out: Path, prompts: Sequence[tuple[int, dict[str, Any]]]) -> None:
+    """Refuse a run directory whose prompt folders hold other prompts than these (at the same
+    indices: another prompt file). Reads only."""
+    for index, metadata in prompts:
+        meta_path = layout.prompt_dir(out, index) / "metadata.jsonl"
+        if meta_path.is_file() and layout.read_metadata(out, index) != metadata:
+            raise ValueError(f"{meta_path} holds a different prompt than prompt {index} of this "
+                             f"prompt set; use a new --out directory")
+
+
 def generate_images(generator: Generator, prompts: Sequence[tuple[int, dict[str, Any]]], out: Path,
                     n_images: int = 4, base_seed: int = 0, batch_size: int = 1,
-                    settings: Optional[dict[str, Any]] = None) -> GenerationResult:
+                    settings: Optional[dict[str, Any]] = None,
+                    earlier: Optional[dict[str, Any]] = None) -> GenerationResult:
     """Write `n_images` samples per (index, metadata) prompt into `out` in the official layout.
 
     Existing sample PNGs are kept (resume); `generation.json` records the model id, settings and
     every image's seed. Batched kernels round differently from single ones, so images are
     byte-identical across runs (and resumes) only at the same `batch_size`; 1, the default, is
-    the exact choice, larger batches trade that for GPU throughput."""
+    the exact choice, larger batches trade that for GPU throughput.
+
+    `earlier`: the run directory's generation record as `check_generation_record` returned it
+    when the caller checked `out` already (with `check_prompt_folders`); None: check here."""
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out)
+    record = generation_record(generator.model_id, base_seed, settings, n_images)
+    if earlier is None:
+        earlier = check_generation_record(out, record)
+        check_prompt_folders(out, prompts)
     out.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"model_id": generator.model_id, "base_seed": base_seed,
-                              "settings": settings or {}, "n_images": n_images,
-                              "seed_rule": "sha256('geneval:{base}:{index}:{sample}')[:4] & 0x7fffffff"}
-    earlier = _check_generation_record(out, record)
     result = GenerationResult()
     from tqdm import tqdm
 
     progress = tqdm(prompts, desc=f"generate ({generator.model_id})", unit="prompt")
     for index, metadata in progress:
-        meta_path = layout.prompt_dir(out, index) / "metadata.jsonl"
-        if meta_path.is_file() and layout.read_metadata(out, index) != metadata:
-            raise ValueError(f"{meta_path} holds a different prompt than prompt {index} of this "
-                             f"prompt set; use a new --out directory")
         layout.write_metadata(out, index, metadata)
         seeds = [sample_seed(base_seed, index, n) for n in range(n_images)]
         result.seeds[f"{index:05d}"] = seeds
@@ -281,9 +299,8 @@ def generate_images(generator: Generator, prompts: Sequence[tuple[int, dict[str,
     record["seeds"] = result.seeds
     if earlier:  # keep the seeds of prompts generated by earlier (e.g. larger --limit) runs
         record["seeds"] = dict(sorted({**earlier.get("seeds", {}), **result.seeds}.items()))
-    tmp = out / f".{GENERATION_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out / GENERATION_FILE)
+    with layout.atomic_path(out / GENERATION_FILE) as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     result.record = record
     log.info("generation: %d images generated, %d kept from an earlier run, in %s",
              result.generated, result.kept, out)

@@ -4,6 +4,8 @@ and `<out>/<idx:05d>/samples/<n:04d>.png`."""
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,6 +17,19 @@ class LayoutImage:
     sample: int  # image number within the prompt
     metadata: dict[str, Any]  # the prompt's line
     path: Path
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` to write to; renamed to `path` when the block ends, removed
+    when it fails or is interrupted (Ctrl-C), so a run never leaves a half-written file behind."""
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def prompt_dir(out: Path, index: int) -> Path:

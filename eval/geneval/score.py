@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence, Union
 
@@ -19,7 +18,7 @@ from PIL import Image
 from eval.geneval.detections_file import (
     ImageRecord, drop_unterminated_tail, read_records, record_line,
 )
-from eval.geneval.layout import iter_images
+from eval.geneval.layout import atomic_path, iter_images
 from eval.geneval.rules import ColorFn, ScoringOptions, judge, keep_detections, result_row
 from nexus_gen.data.images import decode_image
 from nexus_gen.detection import Detection, group_by_label
@@ -177,11 +176,9 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> Path:
     """Write rows as JSON lines atomically (temporary name, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return path
 
 
