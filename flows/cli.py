@@ -10,7 +10,8 @@ from typing import Optional  # noqa: E402
 
 import typer  # noqa: E402
 
-from flows import cli_build, cli_data, cli_demo, cli_eval, cli_scenes, cli_scoring  # noqa: E402
+from flows import (cli_build, cli_data, cli_demo, cli_editing, cli_eval, cli_scenes,  # noqa: E402
+                   cli_scoring, cli_select, cli_understanding)
 
 app = typer.Typer(
     name="nexus-gen",
@@ -44,14 +45,14 @@ def _root(
 
 cli_data.register(app)
 cli_build.register(app)
+cli_select.register(app)
 cli_scoring.register(app)
 app.add_typer(cli_scenes.app, name="scenes")
+cli_understanding.register(cli_eval.app)
+cli_editing.register(cli_eval.app)
 app.add_typer(cli_eval.app, name="eval")
-from flows import cli_understanding; cli_understanding.register(cli_eval.app)  # noqa: E402,E702
 cli_eval.register_report(app)
 cli_demo.register(app)
-from flows import cli_select; cli_select.register(app)  # noqa: E402,E702  (one line: cli.py is shared)
-from flows import cli_editing; cli_editing.register(cli_eval.app)  # noqa: E402,E702  (eval editing)
 
 
 def main() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -45,11 +44,12 @@ def build(
         _dry_run(recipe)
         return
 
+    from flows.runtime import fail, run_flow
+
     try:
         run = prepare_run(recipe, out, limit)  # validate and plan before Prefect starts
     except (RecipeError, RunError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2)
+        fail(exc)
     if run.finished is not None:
         typer.echo(f"{out} is already complete ({run.finished['status']}): nothing to do")
         typer.echo(json.dumps(summary_line(run.finished)))
@@ -57,15 +57,12 @@ def build(
     kind = "dask" if dask_address else runner.value
     typer.echo(f"{run.recipe.name}: {len(run.selected)} shards ({len(run.selected) - len(run.todo)} done), "
                f"{run.plan.planned} planned triplets, runner {kind}")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # a first start migrates a fresh database: on a busy 2-core machine that takes more than
-    # Prefect's default 20 s, and the build would stop before its first shard
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from flows.build import build_flow, task_runner
 
     flow = build_flow.with_options(task_runner=task_runner(kind, workers, dask_address))
     try:
-        record = flow(recipe=recipe, out=str(out), limit=limit, progress=True)
+        record = run_flow(flow, recipe=recipe, out=str(out), limit=limit, progress=True,
+                          resume_hint=f"run the same command to go on (finished shards are kept)")
     except Exception as exc:
         typer.echo(f"error: the build stopped: {exc}; finished shards are kept, run the same command "
                    f"to go on (details in {out / 'run.json'})", err=True)

@@ -14,8 +14,9 @@ def demo(
                                         "ground truth, 24 for the slow tiny pipeline)."),
     n_images: int = typer.Option(2, "--n-images", min=1, help="Images per prompt."),
 ) -> None:
-    """Convert, validate and export the reference examples, then GenEval-scenes with the
-    ground-truth renderer (the ceiling) and a tiny random pipeline (the floor), side by side."""
+    """Convert, validate and export the reference examples, build the demo recipe (edit triplets
+    on scenes and photos), then GenEval-scenes with the ground-truth renderer (the ceiling) and a
+    tiny random pipeline (the floor), side by side."""
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
     from flows.demo import demo_flow, meaning_section
@@ -31,6 +32,11 @@ def demo(
     data = result["data"]["convert"]
     typer.echo(f"data: {data['accepted']} of {data['input']} reference examples converted, validated "
                f"and exported to {out / 'data'}")
+    b = result["build"]
+    c = b["counts"]
+    typer.echo(f"build (datasets_spec/recipes/demo.yaml): {c['planned']} planned = {c['triplets']} triplets "
+               f"+ {c['rejected']} rejected; {c['samples']} samples "
+               f"({', '.join(f'{k} {n}' for k, n in sorted(b['by_task'].items()))}) in {b['dir']}")
     typer.echo(f"report: {result['report']}")
 
 

@@ -2,7 +2,9 @@
 
 Steps (each a function, run in order by `demo_flow`): convert the reference system's own examples
 (embedded in `datasets_spec/examples/`) into shards, validate them and export them to the
-reference jsonl and DiffSynth csv; then GenEval-scenes with the ground-truth
+reference jsonl and DiffSynth csv; build `datasets_spec/recipes/demo.yaml` (edit triplets on
+scenes and the repo's photos, scored, mixed with the examples, split into train and test);
+then GenEval-scenes with the ground-truth
 renderer (the ceiling: ~1.0) and with a tiny random-init diffusers pipeline (the floor: ~0.0),
 each a full generate -> detect -> score -> report run, then one side-by-side report that says what
 the numbers mean and what the data step did.
@@ -60,6 +62,20 @@ def convert_examples(out: Path) -> dict[str, Any]:
             "exports": exported}
 
 
+def build_demo_data(out: Path) -> dict[str, Any]:
+    """The data-building job on the demo recipe (a Prefect subflow, two shards at a time) into
+    `out/build`; returns its run record (`run.json`)."""
+    from flows.build import build_flow, task_runner
+
+    run_dir = out / "build"
+    flow = build_flow.with_options(task_runner=task_runner("threads", 2, None))
+    record = flow(recipe="demo", out=str(run_dir))
+    c = record["counts"]
+    log.info("build: %d triplets, %d samples, %d rejected -> %s", c["triplets"], c["samples"],
+             c["rejected"], run_dir)
+    return {**record, "dir": str(run_dir)}
+
+
 def run_scenes_benchmark(out: Path, name: str, generator: str, size: Optional[int],
                          limit: Optional[int], n_images: int, max_prompts: Optional[int] = None) -> Path:
     """One GenEval-scenes run (a Prefect subflow) into `out/name`, on at most `max_prompts`
@@ -114,10 +130,13 @@ def data_section(data: dict[str, Any]):
         tables=[Table(["step", "in", "out", "rejected / problems / skipped", "by task"], rows)])
 
 
-def write_side_by_side_report(out: Path, run_dirs: Sequence[Path], data: dict[str, Any]) -> Path:
+def write_side_by_side_report(out: Path, run_dirs: Sequence[Path], data: dict[str, Any],
+                              build_dir: Optional[Path] = None) -> Path:
     """The demo's own report: what the numbers mean, every run's per-tag accuracy side by side
-    with links to each run's report, and the data step; also posted to Prefect."""
+    with links to each run's report, the data step, and the build (counts, a triplet grid, score
+    distributions per edit type); also posted to Prefect."""
     from eval.report import write_report
+    from eval.report_build import build_sections
     from eval.report_geneval import build_comparison_report
     from flows.evaluate import post_report_artifacts
 
@@ -126,6 +145,8 @@ def write_side_by_side_report(out: Path, run_dirs: Sequence[Path], data: dict[st
         links_from=out)
     report.sections[:0] = [meaning_section(run_dirs)]
     report.sections.append(data_section(data))
+    if build_dir is not None:
+        report.sections += build_sections(build_dir)
     _, html = write_report(report, out)
     post_report_artifacts(report, "demo")
     return html
@@ -137,13 +158,15 @@ def demo_flow(out: str, limit: Optional[int] = None, n_images: int = 2) -> dict[
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     data = convert_examples(root)
+    build = build_demo_data(root)
     run_dirs = [run_scenes_benchmark(root, name, generator, size, limit, n_images, max_prompts)
                 for name, generator, size, max_prompts in SCENES_RUNS]
-    html = write_side_by_side_report(root, run_dirs, data)
+    html = write_side_by_side_report(root, run_dirs, data, Path(build["dir"]))
     summaries = {d.name: json.loads((d / "summary.json").read_text(encoding="utf-8"))["overall"]
                  for d in run_dirs}
     log.info("demo report: %s", html)
-    return {"report": str(html), "overall": summaries, "runs": [str(d) for d in run_dirs], "data": data}
+    return {"report": str(html), "overall": summaries, "runs": [str(d) for d in run_dirs], "data": data,
+            "build": build}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
