@@ -277,3 +277,29 @@ def test_models_loaded_once_per_process(tmp_path, monkeypatch):
     assert record["shards"]["done"] == 3
     assert sorted(calls) == ["clip", "dino"]
     assert {k[0] for k in loaded.loaded_keys()} == {"clip", "dino"}
+
+
+def test_grid_reads_only_the_shards_it_shows(small_run, tmp_path):
+    """The triplet grid stops reading the table once every edit type has its rows (it used to
+    read every shard, images included: the whole table of a large run, for 6 thumbnails)."""
+    import shutil
+
+    from nexus_gen.edit.grid import PAD, TEXT_H, TILE, triplet_grid
+
+    _, run, _ = small_run
+    man = json.loads((run / "triplets" / "manifest.json").read_text())
+    per, seen, needed = 8 // 3, {}, 0  # 2 rows of each type, independently counted
+    for s in man["shards"]:
+        needed += 1
+        for t in pq.read_table(run / "triplets" / s["file"], columns=["edit_type"])["edit_type"].to_pylist():
+            seen[t] = seen.get(t, 0) + 1
+        if len(seen) == 3 and min(seen.values()) >= per:
+            break
+    assert needed < len(man["shards"])  # else this run cannot tell
+    part = tmp_path / "triplets"
+    shutil.copytree(run / "triplets", part)
+    for s in man["shards"][needed:]:  # what the grid must not open
+        (part / s["file"]).unlink()
+    png = triplet_grid(part)
+    assert png == triplet_grid(run / "triplets")
+    assert Image.open(io.BytesIO(png)).size[1] == 3 * per * (TILE + TEXT_H + PAD) + PAD

@@ -11,22 +11,26 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from nexus_gen.data.shards import read_manifest
+from nexus_gen.edit.recipe import EDIT_TYPES
 
 TILE, TEXT_H, PAD = 128, 30, 4
 
 
 def triplet_grid(triplets_dir: Union[str, Path], n: int = 8) -> bytes:
-    """PNG of the first `n` triplets of each edit type (in table order), one per row."""
+    """PNG of the first `max(1, n // 3)` triplets of each edit type (in table order, at most
+    `n`), one per row. Reads shards only until every edit type has its rows, not the whole
+    table (a large run's table holds every image)."""
     d = Path(triplets_dir)
+    per = max(1, n // 3)
     rows, seen = [], {}
     for s in read_manifest(d)["shards"]:
         t = pq.read_table(d / s["file"], columns=["edit_type", "instruction", "source_image",
                                                  "target_image", "mask"])
         for r in t.to_pylist():
-            if seen.get(r["edit_type"], 0) < max(1, n // 3):
+            if seen.get(r["edit_type"], 0) < per:
                 seen[r["edit_type"]] = seen.get(r["edit_type"], 0) + 1
                 rows.append(r)
-        if len(rows) >= n:
+        if len(rows) >= n or all(seen.get(et, 0) >= per for et in EDIT_TYPES):
             break
     rows = rows[:n]
     font = ImageFont.load_default()
