@@ -27,6 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/shards.py --quick
 	$(PY) bench/scoring.py --quick
+	$(PY) bench/build.py --quick
 
 clean:
 	rm -rf runs/demo .pytest_cache
