@@ -60,6 +60,34 @@ def test_threads_and_dask_cluster_give_the_loops_bytes(reference, tmp_path, pref
     assert rec_t["counts"] == rec_d["counts"]
 
 
+@pytest.mark.slow
+def test_prefect_does_not_walk_the_shard_plans(reference, tmp_path, prefect_harness, monkeypatch):
+    """Shard plans and the build context reach the tasks quoted: Prefect's parameter walk (it
+    looks for futures, twice per task) never enters their work items, sources or recipe, which
+    cost ~45 ms a shard; the bytes stay the loop's."""
+    import prefect.utilities.collections as collections
+
+    from flows.build import build_flow, task_runner
+    from nexus_gen.edit.backends.base import SourceRef
+    from nexus_gen.edit.plan import WorkItem
+    from nexus_gen.edit.recipe import Recipe
+
+    entered: list[str] = []
+    walk = collections.visit_collection  # its recursion goes through the module attribute
+
+    def spy(expr, *args, **kwargs):
+        if isinstance(expr, (WorkItem, SourceRef, Recipe)):
+            entered.append(type(expr).__name__)
+        return walk(expr, *args, **kwargs)
+
+    monkeypatch.setattr(collections, "visit_collection", spy)
+    recipe, loop = reference
+    record = build_flow.with_options(task_runner=task_runner("threads", 1, None))(
+        recipe=str(recipe), out=str(tmp_path / "run"))
+    assert record["shards"]["done"] >= 2 and entered == []
+    assert _files(tmp_path / "run") == _files(loop)
+
+
 def test_dask_runner_without_address_starts_a_local_cluster():
     from prefect_dask import DaskTaskRunner
 
