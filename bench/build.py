@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from memory import peak_kb, reset_peak  # noqa: E402  (bench/, the script's own folder)
 GOAL_OVERHEAD = GOAL_MEMORY = 1.2
 
 
@@ -117,31 +117,15 @@ def output_files(run: Path) -> dict[str, bytes]:
     return files | {"rejects.jsonl": (run / "rejects.jsonl").read_bytes()}
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def memory_child(n: int, path: str, work: Path, shard_size: int) -> None:
     """Child process: warm up (imports, models, server client), reset the RSS high-water mark,
     build N triplets through `path`, print the peak RSS (KiB) and its growth over the start."""
     warm_up(work, shard_size)
     recipe = write_recipe(work, n, shard_size)
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"mem-{path}-{n}-"))
-    try:  # Linux: reset the high-water mark so the peak is the build's own
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _status_kb("VmRSS")
-    except OSError:
-        base = 0
+    base = reset_peak()  # so the peak is the build's own
     record = RUNS[path](recipe, out)
-    try:  # the reset high-water mark (getrusage keeps maxima from before the reset)
-        peak = _status_kb("VmHWM")
-    except (OSError, KeyError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_kb()
     assert record["counts"]["triplets"] == n, record["counts"]
     print(json.dumps({"n": n, "path": path, "peak_rss_kb": peak, "growth_kb": peak - base if base else None}))
 

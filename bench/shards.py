@@ -27,6 +27,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from memory import peak_kb, reset_peak  # noqa: E402  (bench/, the script's own folder)
 
 
 def source_photos() -> list[np.ndarray]:
@@ -146,14 +147,6 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def memory_child(n: int, work: Path) -> None:
     """Child process: write N samples with ours, print peak RSS (KiB) and how far the conversion
     grew it beyond the RSS it started from (imports done, input written)."""
@@ -162,17 +155,9 @@ def memory_child(n: int, work: Path) -> None:
     import nexus_gen.data.convert  # noqa: F401  (imports are not the writer's memory)
 
     out = Path(tempfile.mkdtemp(dir=work))
-    try:  # Linux: reset the high-water mark so the peak is the conversion's own
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _status_kb("VmRSS")
-    except OSError:
-        base = 0
+    base = reset_peak()  # so the peak is the conversion's own
     run_ours(inp, work / "images", out)
-    try:  # the reset high-water mark (getrusage keeps maxima from before the reset)
-        peak = _status_kb("VmHWM")
-    except (OSError, KeyError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_kb()
     print(json.dumps({"n": n, "peak_rss_kb": peak, "growth_kb": peak - base if base else None}))
     shutil.rmtree(out)
 
