@@ -3,7 +3,7 @@
 N scene triplets (a generated recipe: N/5 procedural scenes at 64 px, 2N/5 add, 2N/5 remove,
 N/5 style; tiny random-init CLIP and DINO, offline; every metric; EN and ZH; splits 0.8/0.2;
 outputs: editing samples and the triplet table only, no generation/understanding samples;
-`--shard-size` scenes per shard, 11 by default: 37 shards of ~55 triplets at N=2000) built two ways:
+`--shard-size` scenes per shard, 11 by default: 38 shards of ~53 triplets at N=2000) built two ways:
   flow  `flows.build.build_flow` on the threads task runner (1 worker), against a Prefect server
         that is already up (`prefect_test_harness`: a real server subprocess, temp database);
   loop  `nexus_gen.edit.build.build`: the same library calls, one shard after another.
