@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) bench/shards.py --quick
 	$(PY) bench/scoring.py --quick
 	$(PY) bench/build.py --quick
+	$(PY) bench/convert_json.py --small 2 --big 20
 
 clean:
 	rm -rf runs/demo .pytest_cache

@@ -34,7 +34,10 @@ def _as_2d(x: ArrayLike) -> tuple[np.ndarray, bool]:
 
 
 def _normalize(a: np.ndarray) -> np.ndarray:
-    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+    """Unit rows; a zero row (e.g. the text direction of two identical captions) becomes NaN, a
+    score that is undefined and stored as null, without a runtime warning."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return a / np.linalg.norm(a, axis=-1, keepdims=True)
 
 
 def _out(v: np.ndarray, single: bool) -> Score:
