@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
+from nexus_gen.data.convert.base import reason_kind
 from nexus_gen.data.images import encode_png
 from nexus_gen.data.shards import ShardWriter, write_json_atomic
 from nexus_gen.data.templates import editing_messages, generation_messages, understanding_messages
@@ -218,12 +219,6 @@ class ShardResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _reason_kind(reason: str) -> str:
-    from nexus_gen.data.convert.base import _reason_kind as kind
-
-    return kind(reason)
-
-
 class _Rejects:
     def __init__(self, path: Path, res: ShardResult) -> None:
         self.f = open(path, "w", encoding="utf-8")
@@ -231,7 +226,7 @@ class _Rejects:
 
     def add(self, row: dict[str, Any], edit_type: Optional[str] = None) -> None:
         self.f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-        k = _reason_kind(row["reason"])
+        k = reason_kind(row["reason"])
         self.res.reasons[k] = self.res.reasons.get(k, 0) + 1
         if edit_type:
             self.res.by_edit_type[edit_type]["rejected"] += 1

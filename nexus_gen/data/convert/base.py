@@ -243,7 +243,7 @@ class Summary:
         return {"input": self.input, "accepted": self.accepted, "rejected": self.rejected}
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
     """A reason with its specifics blanked, to count rejects by kind."""
     kind = re.sub(r"'[^']*'|\"[^\"]*\"|(?<=\s)/\S+|\b\d+\b", "…", reason.split(";")[0])
     return kind[:80]
@@ -313,7 +313,7 @@ def run_conversion(items: Iterable[Item], out_dir: Union[str, Path], opts: Build
                                  res["id"])
                 if isinstance(res, Reject):
                     summary.rejected += 1
-                    k = _reason_kind(res.reason)
+                    k = reason_kind(res.reason)
                     summary.reasons[k] = summary.reasons.get(k, 0) + 1
                     summary.examples.setdefault(k, res.reason)
                     line = json.dumps(res.to_json(), ensure_ascii=False)
