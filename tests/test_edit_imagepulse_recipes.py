@@ -29,11 +29,17 @@ def test_dry_run_paper_recipe_names_every_id(tmp_path):
     ids = {k: m["id"] for k, m in info["models"].items()}
     assert ids["detector"] == "IDEA-Research/grounding-dino-base"
     assert ids["inpainter"] == "black-forest-labs/FLUX.1-Fill-dev"
-    assert ids["stylizer"] == "black-forest-labs/FLUX.1-dev"
+    assert ids["stylizer"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert ids["controlnet"] == "diffusers/controlnet-canny-sdxl-1.0"
+    assert ids["style_adapter"] == "h94/IP-Adapter:sdxl_models/ip-adapter_sdxl.safetensors"
+    assert ids["refiner"] == "black-forest-labs/FLUX.1-dev"
     assert ids["clip"] == "ViT-L-14-quickgelu:openai" and ids["dino"] == "facebook/dino-vits16"
-    assert info["by_edit_type"] == {"add": 20000, "remove": 20000, "style": 20000}
-    assert info["planned"] == 60000 and len(info["problems"]) == 3
-    assert info["models"]["inpainter"]["gpu_memory_gb"] > 0
+    # no style_references folder here: no style has its IP-Adapter reference, none is planned
+    assert info["by_edit_type"] == {"add": 20000, "remove": 20000}
+    # six hub ids not in the cache, and the style reference folder the user provides
+    assert info["planned"] == 40000 and len(info["problems"]) == 7
+    assert any("imagepulse.style_references: no such folder" in p for p in info["problems"])
+    assert info["models"]["inpainter"]["gpu_memory_gb"] > 0 and info["models"]["stylizer"]["gpu_memory_gb"] > 0
     assert not out.exists()
 
 

@@ -248,6 +248,7 @@ def dry_run(recipe: Union[str, Path]) -> dict[str, Any]:
         for src in sh.sources:
             sources[src.source] = sources.get(src.source, 0) + 1
     problems = [f"{role}: {m['status']}" for role, m in models.items() if m["status"].startswith("cannot")]
+    problems += getattr(backend, "config_problems", list)()
     return {"recipe": rec.name, "recipe_file": str(rfile), "recipe_hash": plan.recipe_hash,
             "sources": sources, "duplicate_sources": plan.duplicates, "shards": len(plan.shards),
             "planned": plan.planned, "by_edit_type": per_type, "by_split": per_split,

@@ -140,7 +140,8 @@ class Models(_Strict):
     """The model for each role, by profile name (tiny, small, paper) or id. `editor` names the
     edit backend (nexus_gen/edit/backends); `clip` and `dino` score; the other roles are the
     backend's own models (`detector` verifies add/remove edits; the ImagePulse pipeline also has
-    generator, grounder, inpainter, captioner, stylizer, refiner). A role the backend does not
+    generator, grounder, inpainter, captioner, stylizer, refiner, and for InstantStyle controlnet
+    and style_adapter). A role the backend does not
     use is an error."""
 
     editor: str
@@ -154,6 +155,8 @@ class Models(_Strict):
     stylizer: Optional[str] = None
     refiner: Optional[str] = None
     segmenter: Optional[str] = None
+    controlnet: Optional[str] = None
+    style_adapter: Optional[str] = None
 
     def backend_roles(self) -> dict[str, str]:
         """The roles given for the backend (not editor, not the scorers)."""
@@ -185,6 +188,24 @@ class ImagePulseParams(_Strict):
     background_prompt: Annotated[str, Field(min_length=1)] = \
         "empty background, natural continuation of the surrounding scene"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA
+    # InstantStyle (models.controlnet / models.style_adapter / models.refiner): canny thresholds on
+    # the Sobel magnitude of 0..255 grey (OpenCV's Canny(img, 100, 200)), blur sigma in px
+    canny_low: Annotated[float, Field(ge=0)] = 100.0
+    canny_high: Annotated[float, Field(ge=0)] = 200.0
+    canny_sigma: Annotated[float, Field(ge=0, le=16)] = 1.0
+    controlnet_scale: Annotated[float, Field(ge=0, le=4)] = 1.0
+    # one reference image per style, named by its key (oil_painting.png, ...): the IP-Adapter input
+    style_references: Optional[str] = None
+    # a number, or InstantStyle's per-block dict (SDXL's style blocks only, the default)
+    style_adapter_scale: Union[Annotated[float, Field(ge=0)], dict[str, Any]] = \
+        {"up": {"block_0": [0.0, 1.0, 0.0]}}
+    refine_strength: Annotated[float, Field(gt=0, le=1)] = 0.6  # ImagePulse's FLUX img2img refine
+
+    @model_validator(mode="after")
+    def _canny(self) -> "ImagePulseParams":
+        if self.canny_low > self.canny_high:
+            raise ValueError(f"canny_low ({self.canny_low}) > canny_high ({self.canny_high})")
+        return self
 
 
 class Scoring(_Strict):
@@ -378,7 +399,8 @@ def _check_paths(recipe: Recipe, base: Path, where: str) -> None:
 
 # Keys added after the first version, left out of the stored recipe and of its hash while they
 # have their default: a recipe that does not use them hashes (and builds) as it did before.
-_LATER_KEYS = {"models": {"segmenter": None}, "recipe": {"imagepulse": None},
+_LATER_KEYS = {"models": {"segmenter": None, "controlnet": None, "style_adapter": None},
+               "recipe": {"imagepulse": None},
                "source": {"aspect": "square", "recursive": False}}
 
 

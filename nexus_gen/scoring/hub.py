@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 import socket
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
@@ -78,28 +78,31 @@ def _hub_offline() -> Iterator[None]:
         constants.HF_HUB_OFFLINE = before
 
 
+def unavailable_reason(repo_id: str, candidates: Sequence[str]) -> Optional[str]:
+    """Why none of `candidates` of `repo_id` can be had now without network retries: not in the
+    local cache and the hub offline or unreachable (None: cached, or the hub can be asked)."""
+    if any(cached_file(repo_id, f) for f in candidates):
+        return None
+    if offline_mode():
+        return f"{repo_id} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1)"
+    if not hub_reachable():
+        host, port = _endpoint()
+        return f"{repo_id} is not in the local Hugging Face cache and {host}:{port} cannot be reached"
+    return None
+
+
 @contextlib.contextmanager
 def hub_files(what: str, repo_id: str, candidates: Sequence[str], fix: str) -> Iterator[None]:
     """Guard the load of `repo_id` (which reads one of `candidates`): fail fast with
     `ModelUnavailableError` ("<what>: <repo> is not in the local cache and <why>; <fix>") when it
     is not cached and the hub cannot be used; read the cache offline when it is cached but the
     hub is unreachable; else load normally (downloading if needed)."""
-    cached = any(cached_file(repo_id, f) for f in candidates)
-    if offline_mode():
-        if not cached:
-            raise ModelUnavailableError(
-                f"{what}: {repo_id} is not in the local Hugging Face cache and the hub is offline "
-                f"(HF_HUB_OFFLINE=1); {fix}")
+    why = unavailable_reason(repo_id, candidates)
+    if why:
+        raise ModelUnavailableError(f"{what}: {why}; {fix}")
+    if offline_mode() or hub_reachable():
         yield
         return
-    if hub_reachable():
-        yield
-        return
-    if not cached:
-        host, port = _endpoint()
-        raise ModelUnavailableError(
-            f"{what}: {repo_id} is not in the local Hugging Face cache and {host}:{port} cannot "
-            f"be reached; {fix}")
     with _hub_offline():
         yield
 

@@ -11,7 +11,10 @@ chosen by id (`tiny` random-init models run the same code paths offline; their o
   the vocabulary inpainted into a free region (no detection there); `add_methods` and the seed
   choose.
 - style: an image-to-image pipeline with a named style's prompt (datasets_spec/vocab/styles.tsv)
-  at the recipe's strength.
+  at the recipe's strength. As ImagePulse's InstantStyle stage when the recipe names them: a
+  ControlNet fed the source's canny edges (edit/canny.py, no OpenCV), an IP-Adapter fed the
+  style's reference image (`imagepulse.style_references/<key>.*`; only styles with one are
+  planned), then a refiner image-to-image pass at `refine_strength` (ImagePulse: 0.6).
 With a captioner (a VLM by id) the forward instruction is written by it from a versioned prompt
 and validated; invalid output falls back to the template, counted per reason in run.json.
 The detector then checks the target: add -> the object is found inside the mask, remove -> it is
@@ -101,7 +104,9 @@ class _Failing:
 
 class ImagePulseBackend:
     NAME = "imagepulse"
-    ROLES = ("detector", "inpainter", "stylizer", "segmenter", "captioner")
+    ROLES = ("detector", "inpainter", "stylizer", "segmenter", "captioner", "controlnet", "style_adapter",
+             "refiner")
+    STYLE_ONLY = ("controlnet", "style_adapter", "refiner")  # parts of the style stage
     DETECTORS = None  # any zero-shot detector id, folder or profile (tiny, small, paper)
 
     def __init__(self, models: dict[str, str], params: Any = None, base: Optional[Path] = None,
@@ -153,6 +158,12 @@ class ImagePulseBackend:
             if why:
                 shown = r.spec if r.spec == r.source else f"{r.spec} -> {r.source}"
                 problems.append(f"models.{role}: {shown!r} cannot be loaded: {why}")
+        return problems + self.config_problems()
+
+    def config_problems(self) -> list[str]:
+        """Problems of the settings (word lists, style references, roles that need another),
+        found without building or loading any model (`--dry-run` reports them too)."""
+        problems = []
         for what, load, needed in (("vocabulary", self.vocabulary, "detector"),
                                    ("styles", self.styles, "stylizer")):
             if needed in self.models:
@@ -160,7 +171,38 @@ class ImagePulseBackend:
                     load()
                 except VocabError as exc:
                     problems.append(f"imagepulse.{what}: {exc}")
+        lone = [r for r in self.STYLE_ONLY if r in self.models and "stylizer" not in self.models]
+        if lone:
+            problems.append(f"models.{lone[0]}: is part of the style stage and needs models.stylizer")
+        if "style_adapter" in self.models and "stylizer" in self.models:
+            problems += self._reference_problems()
         return problems
+
+    def _reference_problems(self) -> list[str]:
+        folder = self._file(self.p.style_references)
+        if folder is None:
+            return ["models.style_adapter: needs imagepulse.style_references, a folder with one reference "
+                    "image per style named by its key (e.g. oil_painting.png)"]
+        if not folder.is_dir():
+            return [f"imagepulse.style_references: no such folder: {folder}"]
+        try:
+            if not self.style_references():
+                keys = ", ".join(s.key for s in self.styles()[:3])
+                return [f"imagepulse.style_references: {folder} has no image named by a style key "
+                        f"({keys}, ...): no style could be planned"]
+        except VocabError:
+            pass  # reported above
+        return []
+
+    def style_references(self) -> dict[str, Path]:
+        """Style key -> its reference image in `imagepulse.style_references` (any decoder format)."""
+        from nexus_gen.edit.recipe import DECODER_SUFFIXES
+
+        folder = self._file(self.p.style_references)
+        if folder is None or not folder.is_dir():
+            return {}
+        files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in DECODER_SUFFIXES}
+        return {s.key: files[s.key] for s in self.styles() if s.key in files}
 
     def describe_models(self) -> dict[str, str]:
         return {role: self.resolved(role).model_id for role in self.models}
@@ -175,7 +217,7 @@ class ImagePulseBackend:
             else:
                 why = im.check(im.resolve(role, spec))
                 status = "ok" if why is None else f"cannot be loaded: {why}"
-            mem = im.ROLE_MEMORY_GB.get(role, {}).get(spec)
+            mem = im.ROLE_MEMORY_GB.get(role, {}).get(spec, im.ID_MEMORY_GB.get(mid))
             out[role] = {"spec": spec, "id": mid, "status": status,
                          **({"gpu_memory_gb": mem} if mem is not None else {})}
         return out
@@ -187,6 +229,9 @@ class ImagePulseBackend:
     def styles_for(self, source_kind: str) -> tuple[str, ...]:
         if source_kind != "image" or "stylizer" not in self.models:
             return ()
+        if "style_adapter" in self.models:  # only styles with a reference image for the IP-Adapter
+            refs = self.style_references()
+            return tuple(s.key for s in self.styles() if s.key in refs)
         return tuple(s.key for s in self.styles())
 
     def supports(self, source_kind: str, edit_type: str) -> bool:
@@ -340,32 +385,73 @@ class ImagePulseBackend:
         return EditOutput("add", img, added, region, add, rem, base, with_cap, {**lin, **by}, {"object": word.en})
 
     def _style(self, img: Image.Image, spec: EditSpec, seed: int, base: dict, lineage: dict) -> EditOutput:
-        import torch
-
         styles = {s.key: s for s in self.styles()}
         if spec.style not in styles:
             raise EditError(f"style {spec.style!r} is not in the style list ({len(styles)} styles)")
         st = styles[spec.style]
-        r = self.resolved("stylizer")
-        try:
-            pipe = im.load_stylizer(r, self.device, self.p.dtype)
-            w, h = _pipeline_size(img)
-            kwargs: dict[str, Any] = dict(prompt=st.prompt, image=img.resize((w, h), Image.Resampling.BICUBIC),
-                                          strength=self.p.style_strength, num_inference_steps=self.p.style_steps,
-                                          generator=torch.Generator("cpu").manual_seed(seed), output_type="pil")
-            if self.p.guidance is not None:
-                kwargs["guidance_scale"] = self.p.guidance
-            with torch.inference_mode():
-                out = pipe(**kwargs).images[0]
-        except Exception as exc:
-            raise EditError(f"stylizer {r.model_id} failed: {type(exc).__name__}: {exc}") from None
+        out, extra = self._stylize(img, st, seed)
         target = out.convert("RGB").resize(img.size, Image.Resampling.BICUBIC)
         styled = {"en": f"{base['en']}, in {st.en} style", "zh": f"{base['zh']}，{st.zh}风格" if base["zh"] else None}
         fwd, by = self._instruct(img, f"restyle it as {st.en}", _texts(STYLE_TEXT, en=st.en, zh=st.zh),
                                  {"en": st.en, "zh": st.zh})
         return EditOutput("style", img, target, np.ones((img.size[1], img.size[0]), bool),
                           fwd, _texts(UNSTYLE_TEXT, en=st.en, zh=st.zh), base, styled,
-                          {**lineage, "style": st.key, "strength": self.p.style_strength, **by}, {})
+                          {**lineage, "style": st.key, "strength": self.p.style_strength, **extra, **by}, {})
+
+    def _stylize(self, img: Image.Image, st: Style, seed: int) -> tuple[Image.Image, dict[str, Any]]:
+        """The style stage: image-to-image with the style's prompt; with a ControlNet on the
+        source's canny edges and an IP-Adapter on the style's reference image when the recipe
+        names them (InstantStyle); then the refiner's image-to-image pass. Returns the image at
+        the pipeline's size and lineage of what ran."""
+        import torch
+
+        from nexus_gen.edit.canny import canny_control_image
+
+        p, extra = self.p, {}
+        w, h = _pipeline_size(img)
+        src = img.resize((w, h), Image.Resampling.BICUBIC)
+        kwargs: dict[str, Any] = dict(prompt=st.prompt, image=src, strength=p.style_strength,
+                                      num_inference_steps=p.style_steps, output_type="pil")
+        if p.guidance is not None:
+            kwargs["guidance_scale"] = p.guidance
+        cn = self.resolved("controlnet") if "controlnet" in self.models else None
+        ad = self.resolved("style_adapter") if "style_adapter" in self.models else None
+        if cn is not None:
+            control = canny_control_image(src, p.canny_low, p.canny_high, p.canny_sigma)
+            kwargs.update(control_image=control, controlnet_conditioning_scale=p.controlnet_scale)
+            extra["canny"] = {"low": p.canny_low, "high": p.canny_high, "sigma": p.canny_sigma,
+                              "edge_fraction": round(float(np.asarray(control)[..., 0].mean() / 255), 6)}
+        if ad is not None:
+            ref = self.style_references().get(st.key)
+            if ref is None:
+                raise EditError(f"style {st.key!r} has no reference image in imagepulse.style_references")
+            from nexus_gen.edit.backends.scenes import read_photo
+
+            kwargs["ip_adapter_image"] = read_photo(str(ref))
+            extra["style_reference"] = ref.name
+        r = self.resolved("stylizer")
+        try:
+            pipe = im.load_stylizer(r, self.device, p.dtype, cn, ad, p.style_adapter_scale)
+            with torch.inference_mode():
+                out = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+        except EditError:
+            raise
+        except Exception as exc:
+            raise EditError(f"stylizer {r.model_id} failed: {type(exc).__name__}: {exc}") from None
+        if "refiner" in self.models:
+            rr = self.resolved("refiner")
+            try:
+                ref_pipe = im.load_refiner(rr, self.device, p.dtype)
+                rk: dict[str, Any] = dict(prompt=st.prompt, image=out.convert("RGB"), strength=p.refine_strength,
+                                          num_inference_steps=p.style_steps, output_type="pil")
+                if p.guidance is not None:
+                    rk["guidance_scale"] = p.guidance
+                with torch.inference_mode():
+                    out = ref_pipe(**rk, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+            except Exception as exc:
+                raise EditError(f"refiner {rr.model_id} failed: {type(exc).__name__}: {exc}") from None
+            extra["refine_strength"] = p.refine_strength
+        return out, extra
 
     # -- verification
     def verify(self, out: EditOutput) -> dict[str, Any]:

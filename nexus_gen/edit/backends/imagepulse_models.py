@@ -10,11 +10,18 @@ build stops before any work on an id that cannot be loaded), and loads once per 
 - segmenter (optional): SAM through transformers, prompted with the detected box.
 - generator (text2image sources): a diffusers text-to-image pipeline (`DiffusionPipeline`).
 - captioner (optional): a VLM (Qwen2.5-VL class) writing the instructions (edit/instructions.py).
+- controlnet (optional): a ControlNet by id (its config's class: ControlNetModel for SD / SDXL,
+  FluxControlNetModel for FLUX); with it the stylizer loads as its ControlNet image-to-image
+  pipeline (`AutoPipelineForImage2Image(..., controlnet=...)`), fed canny edges of the source.
+- style_adapter (optional): an IP-Adapter, `<repo or folder>[:<subfolder>/<weight file>]`, loaded
+  into the stylizer by diffusers' `load_ip_adapter` (InstantStyle: scale on the style blocks only).
+- refiner (optional): an image-to-image pipeline run on the stylizer's output (ImagePulse: FLUX.1-dev
+  at strength 0.6 after the SDXL InstantStyle stage).
 `tiny` is a random-init model built locally (nexus_gen/models/tiny/)."""
 from __future__ import annotations
 
+import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -24,23 +31,28 @@ log = logging.getLogger(__name__)
 # the file whose presence says a folder or hub repo holds this kind of model
 _KIND_FILE = {"detector": "config.json", "inpainter": "model_index.json",
               "stylizer": "model_index.json", "generator": "model_index.json", "segmenter": "config.json",
-              "captioner": "config.json"}
+              "captioner": "config.json", "controlnet": "config.json", "refiner": "model_index.json"}
+IP_ADAPTER_DEFAULT_WEIGHT = "ip-adapter.safetensors"  # a style_adapter spec without `:<weight>`
 
 
 def _tiny(role: str) -> Path:
-    from nexus_gen.models.tiny import (tiny_owlv2_dir, tiny_vlm_dir, tiny_sam_dir, tiny_sd_dir,
-                                       tiny_sd_inpaint_dir)
+    from nexus_gen.models.tiny import (tiny_controlnet_dir, tiny_ip_adapter_dir, tiny_owlv2_dir,
+                                       tiny_vlm_dir, tiny_sam_dir, tiny_sd_dir, tiny_sd_inpaint_dir)
 
     return {"detector": tiny_owlv2_dir, "inpainter": tiny_sd_inpaint_dir, "stylizer": tiny_sd_dir,
-            "generator": tiny_sd_dir, "segmenter": tiny_sam_dir, "captioner": tiny_vlm_dir}[role]()
+            "generator": tiny_sd_dir, "segmenter": tiny_sam_dir, "captioner": tiny_vlm_dir,
+            "controlnet": tiny_controlnet_dir, "style_adapter": tiny_ip_adapter_dir,
+            "refiner": tiny_sd_dir}[role]()
 
 
 def _tiny_name(role: str) -> str:
-    from nexus_gen.models.tiny import (TINY_OWLV2_NAME, TINY_VLM_NAME, TINY_SAM_NAME,
-                                       TINY_SD_INPAINT_NAME, TINY_SD_NAME)
+    from nexus_gen.models.tiny import (TINY_CONTROLNET_NAME, TINY_IP_ADAPTER_NAME, TINY_OWLV2_NAME,
+                                       TINY_VLM_NAME, TINY_SAM_NAME, TINY_SD_INPAINT_NAME, TINY_SD_NAME)
 
     return {"detector": TINY_OWLV2_NAME, "inpainter": TINY_SD_INPAINT_NAME, "stylizer": TINY_SD_NAME,
-            "generator": TINY_SD_NAME, "segmenter": TINY_SAM_NAME, "captioner": TINY_VLM_NAME}[role]
+            "generator": TINY_SD_NAME, "segmenter": TINY_SAM_NAME, "captioner": TINY_VLM_NAME,
+            "controlnet": TINY_CONTROLNET_NAME, "style_adapter": TINY_IP_ADAPTER_NAME,
+            "refiner": TINY_SD_NAME}[role]
 
 
 PROFILES: dict[str, dict[str, str]] = {
@@ -54,11 +66,22 @@ PROFILES: dict[str, dict[str, str]] = {
     "generator": {"paper": "black-forest-labs/FLUX.1-dev",
                   "small": "stable-diffusion-v1-5/stable-diffusion-v1-5"},
     "captioner": {"paper": "Qwen/Qwen2.5-VL-7B-Instruct", "small": "Qwen/Qwen2.5-VL-3B-Instruct"},
+    # InstantStyle (ImagePulse's style stage): SDXL + canny ControlNet + IP-Adapter, FLUX refine
+    "controlnet": {"paper": "diffusers/controlnet-canny-sdxl-1.0", "small": "lllyasviel/sd-controlnet-canny"},
+    "style_adapter": {"paper": "h94/IP-Adapter:sdxl_models/ip-adapter_sdxl.safetensors",
+                      "small": "h94/IP-Adapter:models/ip-adapter_sd15.safetensors"},
+    "refiner": {"paper": "black-forest-labs/FLUX.1-dev",
+                "small": "stable-diffusion-v1-5/stable-diffusion-v1-5"},
 }
+# the SDXL base of the paper InstantStyle stage (`stylizer:` names it by id in imagepulse.yaml)
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 # bf16 memory each role needs on the GPU (weights + activations at 1024 px; README table)
 ROLE_MEMORY_GB = {"detector": {"paper": 2, "small": 1}, "inpainter": {"paper": 34, "small": 4},
                   "stylizer": {"paper": 34, "small": 4}, "segmenter": {"paper": 3, "small": 1},
-                  "generator": {"paper": 34, "small": 4}, "captioner": {"paper": 17, "small": 8}}
+                  "generator": {"paper": 34, "small": 4}, "captioner": {"paper": 17, "small": 8},
+                  "controlnet": {"paper": 3, "small": 1}, "style_adapter": {"paper": 4, "small": 2},
+                  "refiner": {"paper": 34, "small": 4}}
+ID_MEMORY_GB = {SDXL_BASE: 10}  # models a recipe names by id rather than by profile
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,12 @@ class Resolved:
     model_id: str  # the hub id, the folder, or `tiny:<name>` (lineage)
     source: str  # what from_pretrained gets: a folder or a hub id
     local: bool
+    weight: Optional[str] = None  # style_adapter: `<subfolder>/<weight file>` inside `source`
+
+    @property
+    def kind_file(self) -> str:
+        """The file whose presence says `source` holds this role's model."""
+        return self.weight if self.weight is not None else _KIND_FILE[self.role]
 
 
 def model_id_of(role: str, spec: str) -> str:
@@ -79,22 +108,34 @@ def model_id_of(role: str, spec: str) -> str:
     return str(p.resolve()) if p.exists() else hub
 
 
+def _split_weight(role: str, where: str) -> tuple[str, Optional[str]]:
+    """A style_adapter's `<repo or folder>[:<subfolder>/<weight file>]` as its two parts."""
+    if role != "style_adapter":
+        return where, None
+    repo, sep, weight = where.partition(":")
+    return (repo, weight) if sep and weight else (where, IP_ADAPTER_DEFAULT_WEIGHT)
+
+
 def resolve(role: str, spec: str) -> Resolved:
     """A role's recipe value as what to load (builds a `tiny` model on first use)."""
     if spec == "tiny":
         d = _tiny(role)
-        return Resolved(role, spec, model_id_of(role, spec), str(d), True)
+        return Resolved(role, spec, model_id_of(role, spec), str(d), True, _split_weight(role, "")[1])
     hub = PROFILES.get(role, {}).get(spec, spec)
-    p = Path(hub).expanduser()
+    where, weight = _split_weight(role, hub)
+    p = Path(where).expanduser()
     if p.exists():
-        return Resolved(role, spec, str(p.resolve()), str(p.resolve()), True)
-    return Resolved(role, spec, hub, hub, False)
+        full = str(p.resolve())
+        return Resolved(role, spec, full + (f":{weight}" if weight else ""), full, True, weight)
+    return Resolved(role, spec, hub, where, False, weight)
 
 
 def check(r: Resolved) -> Optional[str]:
     """Why this model cannot be loaded (None: it can), found without loading weights: a local
-    folder must hold the model's index file; a hub id must give it from the cache or the hub."""
-    want = _KIND_FILE[r.role]
+    folder must hold the model's index file; a hub id must give it from the local cache, else
+    from the hub, and fails at once, without retries, when the hub is offline or unreachable
+    (nexus_gen.scoring.hub)."""
+    want = r.kind_file
     if r.local:
         p = Path(r.source)
         if not (p / want).is_file():
@@ -104,14 +145,17 @@ def check(r: Resolved) -> Optional[str]:
         return f"no such folder, and {r.source!r} is not a hub id (owner/name)"
     from huggingface_hub import hf_hub_download
 
+    from nexus_gen.scoring import hub
+
+    fix = f"download it first (huggingface-cli download {r.source}) or name a local folder"
+    why = hub.unavailable_reason(r.source, [want])
+    if why:
+        return f"{why} ({want}); {fix}"
     try:
         hf_hub_download(r.source, want)
-    except Exception as exc:  # not cached and offline, gated, no such repo, ...
-        offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+    except Exception as exc:  # gated, no such repo, no such file, ...
         first = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
-        return (f"{want} is not in the local Hugging Face cache and cannot be fetched{offline}: "
-                f"{type(exc).__name__}: {first}. Download it first (huggingface-cli download "
-                f"{r.source}) or name a local folder")
+        return f"{want} cannot be fetched from the hub: {type(exc).__name__}: {first}; {fix}"
     return None
 
 
@@ -201,8 +245,55 @@ def load_inpainter(r: Resolved, device: str, dtype: str):
     return cached("inpainter", r, device, dtype, lambda: _pipeline(r, device, dtype, False))
 
 
-def load_stylizer(r: Resolved, device: str, dtype: str):
-    return cached("stylizer", r, device, dtype, lambda: _pipeline(r, device, dtype, True))
+def load_stylizer(r: Resolved, device: str, dtype: str, controlnet: Optional[Resolved] = None,
+                  adapter: Optional[Resolved] = None, adapter_scale: Any = 1.0):
+    """The style stage's pipeline: the stylizer's image-to-image pipeline; with a ControlNet, its
+    ControlNet variant (diffusers picks the class from the stylizer's and the ControlNet's: SD,
+    SDXL or FLUX); with an IP-Adapter, that loaded into it at `adapter_scale` (a number, or
+    InstantStyle's per-block dict, e.g. {"up": {"block_0": [0.0, 1.0, 0.0]}} for SDXL's style
+    blocks). Loaded once per process for each combination."""
+    if controlnet is None and adapter is None:
+        return cached("stylizer", r, device, dtype, lambda: _pipeline(r, device, dtype, True))
+    key = "+".join([r.model_id, controlnet.model_id if controlnet else "-", adapter.model_id if adapter else "-",
+                    json.dumps(adapter_scale, sort_keys=True)])
+
+    def load():
+        from diffusers import AutoPipelineForImage2Image
+
+        kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype, device)}
+        if controlnet is not None:
+            kwargs["controlnet"] = _controlnet(controlnet, kwargs["dtype"])
+        pipe = AutoPipelineForImage2Image.from_pretrained(r.source, **kwargs)
+        pipe.set_progress_bar_config(disable=True)
+        if adapter is not None:
+            if not hasattr(pipe, "load_ip_adapter"):
+                raise ValueError(f"{type(pipe).__name__} ({r.model_id}) takes no IP-Adapter in this diffusers")
+            sub, _, weight = adapter.weight.rpartition("/")
+            pipe.load_ip_adapter(adapter.source, subfolder=sub, weight_name=weight)
+            pipe.set_ip_adapter_scale(adapter_scale)
+        return pipe.to(device)
+
+    from nexus_gen.models.loaded import cached_model
+
+    return cached_model("imagepulse-stylizer", key, str(device), dtype, load)
+
+
+def _controlnet(r: Resolved, dtype):
+    """A ControlNet of the class its config names (ControlNetModel, FluxControlNetModel, ...)."""
+    import diffusers
+    from huggingface_hub import hf_hub_download
+
+    cfg = Path(r.source) / "config.json" if r.local else Path(hf_hub_download(r.source, "config.json"))
+    name = json.loads(cfg.read_text(encoding="utf-8")).get("_class_name", "ControlNetModel")
+    cls = getattr(diffusers, name, None)
+    if cls is None or "ControlNet" not in name:
+        raise ValueError(f"{r.model_id}: config class {name!r} is not a diffusers ControlNet")
+    return cls.from_pretrained(r.source, dtype=dtype)
+
+
+def load_refiner(r: Resolved, device: str, dtype: str):
+    """The image-to-image pipeline run after the style stage (ImagePulse: FLUX.1-dev, strength 0.6)."""
+    return cached("refiner", r, device, dtype, lambda: _pipeline(r, device, dtype, True))
 
 
 def load_generator(r: Resolved, device: str, dtype: str):
