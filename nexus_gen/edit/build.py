@@ -152,6 +152,7 @@ def finish_run(run: PreparedRun, error: Optional[BaseException] = None) -> dict[
     by_split: dict[str, int] = {}
     datasets: dict[str, dict[str, int]] = {}
     instruction_by: dict[str, int] = {}  # captioner: vlm, or template:<why the VLM text was refused>
+    texts_by: dict[str, dict[str, int]] = {}  # the same for its reverse instructions and captions
     for plan, m in done:
         c = m["counts"]
         for k in counts:
@@ -162,6 +163,8 @@ def finish_run(run: PreparedRun, error: Optional[BaseException] = None) -> dict[
         _add(reasons, c["reasons"])
         by_split[m["split"]] = by_split.get(m["split"], 0) + c["samples"]
         _add(instruction_by, c.get("instruction_by", {}))
+        for kind, v in c.get("texts_by", {}).items():
+            _add(texts_by.setdefault(kind, {}), v)
         if c.get("dataset") and plan.dataset is not None:
             _add(datasets.setdefault(plan.dataset.source, {}), c["dataset"])
     complete = len(markers) == len(run.selected) and error is None
@@ -180,6 +183,8 @@ def finish_run(run: PreparedRun, error: Optional[BaseException] = None) -> dict[
     }
     if instruction_by:
         record["instruction_by"] = instruction_by
+    if texts_by:
+        record["texts_by"] = texts_by
     write_json_atomic(out / RUN_FILE, record, sort_keys=True)
     try:
         (out / STAGING_DIR).rmdir()  # gone once no shard is in flight

@@ -216,6 +216,8 @@ class ShardResult:
     reasons: dict[str, int] = field(default_factory=dict)
     dataset: Optional[dict[str, int]] = None
     instruction_by: dict[str, int] = field(default_factory=dict)  # vlm / template:<reason> (captioner)
+    # the captioner's other texts: reverse_instruction, source_caption, target_caption -> the same
+    texts_by: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -263,6 +265,21 @@ def run_shard(plan: ShardPlan, ctx: BuildContext) -> dict[str, Any]:
     return _publish(plan, ctx, p, manifest, table, res)
 
 
+def _count_texts(res: ShardResult, lineage: dict[str, Any], languages: list[str]) -> None:
+    """Count, per text and language the recipe keeps, whether the captioner's text or the
+    template (and why) was used."""
+    def add(into: dict[str, int], by_lang: Optional[dict[str, str]]) -> None:
+        for lang, by in (by_lang or {}).items():
+            if lang in languages:
+                into[by] = into.get(by, 0) + 1
+
+    add(res.instruction_by, lineage.get("instruction_by"))
+    if "reverse_instruction_by" in lineage:
+        add(res.texts_by.setdefault("reverse_instruction", {}), lineage["reverse_instruction_by"])
+    for side, by_lang in (lineage.get("caption_by") or {}).items():
+        add(res.texts_by.setdefault(f"{side}_caption", {}), by_lang)
+
+
 def _run_edits(plan: ShardPlan, ctx: BuildContext, writer: ShardWriter, table, rejects: _Rejects,
                res: ShardResult) -> None:
     from nexus_gen.scoring.edit_scorer import EditTriplet
@@ -288,9 +305,7 @@ def _run_edits(plan: ShardPlan, ctx: BuildContext, writer: ShardWriter, table, r
             rejects.add(_reject_row(plan, item, f"backend error ({type(exc).__name__}: {exc})"), et)
             continue
         made.append((item, out, (_image(out.source), _image(out.target)), verdict))
-        for lang, by in (out.lineage.get("instruction_by") or {}).items():
-            if lang in r.languages:
-                res.instruction_by[by] = res.instruction_by.get(by, 0) + 1
+        _count_texts(res, out.lineage, r.languages)
     res.seconds["edit"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     scorer = _scorer(ctx)
@@ -449,6 +464,8 @@ def _publish(plan: ShardPlan, ctx: BuildContext, p: dict[str, Path], manifest: d
                                                      "by_edit_type", "by_task", "reasons", "dataset")}
     if res.instruction_by:
         marker["counts"]["instruction_by"] = res.instruction_by
+    if res.texts_by:
+        marker["counts"]["texts_by"] = res.texts_by
     marker["seconds"] = res.seconds
     p["done"].parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(p["done"], marker, sort_keys=True)

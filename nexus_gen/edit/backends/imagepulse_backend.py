@@ -15,8 +15,9 @@ chosen by id (`tiny` random-init models run the same code paths offline; their o
   ControlNet fed the source's canny edges (edit/canny.py, no OpenCV), an IP-Adapter fed the
   style's reference image (`imagepulse.style_references/<key>.*`; only styles with one are
   planned), then a refiner image-to-image pass at `refine_strength` (ImagePulse: 0.6).
-With a captioner (a VLM by id) the forward instruction is written by it from a versioned prompt
-and validated; invalid output falls back to the template, counted per reason in run.json.
+With a captioner (a VLM by id) both instructions and both captions are written by it from
+versioned prompts and validated; invalid output falls back to the template, counted per reason
+in run.json (`instruction_by`, `texts_by`).
 The detector then checks the target: add -> the object is found inside the mask, remove -> it is
 gone; the verdict and the detector's best score there become triplet columns.
 Anything one item cannot survive (a source too small to inpaint, no detection, a mask covering
@@ -262,21 +263,33 @@ class ImagePulseBackend:
             return self._remove(img, seed, base, lineage, reverse=True)
         return self._add_free(img, seed, base, lineage)
 
-    def _instruct(self, image: Image.Image, task: str, template: dict[str, str],
-                  mention: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
-        """The forward instruction: the captioner's when it is valid, else the template; and
-        lineage saying which (per language) and the prompt version."""
-        from nexus_gen.edit.instructions import PROMPT_VERSION, written_instruction
+    def _written(self, out: EditOutput, forward_task: str, reverse_task: str, mention: dict[str, str],
+                 object_in: Optional[str]) -> EditOutput:
+        """With a captioner, the triplet's texts rewritten by it: the forward instruction (seeing
+        the source), the reverse one (seeing the target), and each image's caption (the one
+        named by `object_in`, source or target, must mention the object); each text that fails
+        validation keeps its template. Lineage says which per text and language, and the
+        prompt versions."""
+        from nexus_gen.edit.instructions import CAPTION_PROMPT_VERSION, PROMPT_VERSION, written_instruction
 
         if "captioner" not in self.models:
-            return template, {}
-        r = self.resolved("captioner")
+            return out
         try:
-            writer = im.load_captioner(r, self.device, self.p.dtype)
+            writer = im.load_captioner(self.resolved("captioner"), self.device, self.p.dtype)
         except Exception:
             writer = _Failing()
-        texts, by = written_instruction(writer, image, task, template, mention)
-        return texts, {"instruction_by": by, "instruction_prompt": PROMPT_VERSION}
+        out.instruction, fwd_by = written_instruction(writer, out.source, forward_task, out.instruction, mention)
+        out.reverse_instruction, rev_by = written_instruction(writer, out.target, reverse_task,
+                                                              out.reverse_instruction, mention)
+        cap_by = {}
+        for side, img in (("source", out.source), ("target", out.target)):
+            attr = f"{side}_caption"
+            text, cap_by[side] = written_instruction(writer, img, "", getattr(out, attr),
+                                                     mention if object_in == side else {}, kind="caption")
+            setattr(out, attr, text)
+        out.lineage.update(instruction_by=fwd_by, reverse_instruction_by=rev_by, caption_by=cap_by,
+                           instruction_prompt=PROMPT_VERSION, caption_prompt=CAPTION_PROMPT_VERSION)
+        return out
 
     def _detect(self, img: Image.Image, labels: list[str], threshold: float) -> list[im.Box]:
         try:
@@ -348,11 +361,12 @@ class ImagePulseBackend:
                "method": "reverse" if reverse else "remove"}
         verify = {"object": word.en}
         mention = {"en": word.en, "zh": word.zh}
+        add_task, rem_task = f"add {article(word.en)} {word.en}", f"remove the {word.en}"
         if reverse:  # add: the inpainted image gets the object back
-            add, by = self._instruct(removed, f"add {article(word.en)} {word.en}", add, mention)
-            return EditOutput("add", removed, img, region, add, rem, without_cap, with_cap, {**lin, **by}, verify)
-        rem, by = self._instruct(img, f"remove the {word.en}", rem, mention)
-        return EditOutput("remove", img, removed, region, rem, add, with_cap, without_cap, {**lin, **by}, verify)
+            out = EditOutput("add", removed, img, region, add, rem, without_cap, with_cap, lin, verify)
+            return self._written(out, add_task, rem_task, mention, "target")
+        out = EditOutput("remove", img, removed, region, rem, add, with_cap, without_cap, lin, verify)
+        return self._written(out, rem_task, add_task, mention, "source")
 
     def _free_box(self, img: Image.Image, rng: random.Random,
                   taken: list[im.Box]) -> tuple[float, float, float, float]:
@@ -381,8 +395,9 @@ class ImagePulseBackend:
         add, rem = _texts(ADD_TEXT[variant], en=word.en, zh=word.zh), _texts(REMOVE_TEXT[variant], en=word.en, zh=word.zh)
         lin = {**lineage, "object": word.en, "box": [float(v) for v in box],
                "mask_fraction": round(float(region.mean()), 6), "method": "free_region"}
-        add, by = self._instruct(img, f"add {article(word.en)} {word.en}", add, {"en": word.en, "zh": word.zh})
-        return EditOutput("add", img, added, region, add, rem, base, with_cap, {**lin, **by}, {"object": word.en})
+        out = EditOutput("add", img, added, region, add, rem, base, with_cap, lin, {"object": word.en})
+        return self._written(out, f"add {article(word.en)} {word.en}", f"remove the {word.en}",
+                             {"en": word.en, "zh": word.zh}, "target")
 
     def _style(self, img: Image.Image, spec: EditSpec, seed: int, base: dict, lineage: dict) -> EditOutput:
         styles = {s.key: s for s in self.styles()}
@@ -392,11 +407,11 @@ class ImagePulseBackend:
         out, extra = self._stylize(img, st, seed)
         target = out.convert("RGB").resize(img.size, Image.Resampling.BICUBIC)
         styled = {"en": f"{base['en']}, in {st.en} style", "zh": f"{base['zh']}，{st.zh}风格" if base["zh"] else None}
-        fwd, by = self._instruct(img, f"restyle it as {st.en}", _texts(STYLE_TEXT, en=st.en, zh=st.zh),
-                                 {"en": st.en, "zh": st.zh})
-        return EditOutput("style", img, target, np.ones((img.size[1], img.size[0]), bool),
-                          fwd, _texts(UNSTYLE_TEXT, en=st.en, zh=st.zh), base, styled,
-                          {**lineage, "style": st.key, "strength": self.p.style_strength, **extra, **by}, {})
+        out = EditOutput("style", img, target, np.ones((img.size[1], img.size[0]), bool),
+                         _texts(STYLE_TEXT, en=st.en, zh=st.zh), _texts(UNSTYLE_TEXT, en=st.en, zh=st.zh), base,
+                         styled, {**lineage, "style": st.key, "strength": self.p.style_strength, **extra}, {})
+        return self._written(out, f"restyle it as {st.en}", f"turn this {st.en} image back into a photo",
+                             {"en": st.en, "zh": st.zh}, None)
 
     def _stylize(self, img: Image.Image, st: Style, seed: int) -> tuple[Image.Image, dict[str, Any]]:
         """The style stage: image-to-image with the style's prompt; with a ControlNet on the
