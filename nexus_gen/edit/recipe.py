@@ -200,6 +200,10 @@ class ImagePulseParams(_Strict):
     style_adapter_scale: Union[Annotated[float, Field(ge=0)], dict[str, Any]] = \
         {"up": {"block_0": [0.0, 1.0, 0.0]}}
     refine_strength: Annotated[float, Field(gt=0, le=1)] = 0.6  # ImagePulse's FLUX img2img refine
+    # pipeline calls of a shard's items that share a pipeline run this many at a time (1: each
+    # alone, bytes independent of the shard's other items; > 1: faster on a GPU, each item still
+    # seeded alone, pixels within a grey level or so of its unbatched output)
+    batch_size: PositiveInt = 1
 
     @model_validator(mode="after")
     def _canny(self) -> "ImagePulseParams":

@@ -33,6 +33,7 @@ from PIL import Image
 from scipy import ndimage
 
 from nexus_gen.edit.backends import imagepulse_models as im
+from nexus_gen.edit.backends import pipeline_batch as pb
 from nexus_gen.edit.backends.base import EditError, EditOutput, EditSpec, SourceRef
 from nexus_gen.edit.sources import SIDE_MULTIPLE, fit_source, read_source_image
 from nexus_gen.edit.vocab import Style, VocabError, Word, load_objects, load_styles
@@ -244,6 +245,29 @@ class ImagePulseBackend:
 
     # -- execution
     def edit(self, source: SourceRef, spec: EditSpec, seed: int) -> EditOutput:
+        return pb.drive_one(self._steps(source, spec, seed), self._run)
+
+    def edit_batch(self, items: list[tuple[SourceRef, EditSpec, int]]) -> list[Any]:
+        """Every item's EditOutput or the exception that rejects it, in order; the pipeline
+        calls of items that share a pipeline and its settings run in batches of
+        `imagepulse.batch_size` (pipeline_batch.py)."""
+        return pb.drive_all([self._steps(*it) for it in items], self._run)
+
+    def _run(self, calls: list[pb.PipeCall]) -> list[Any]:
+        loaders = {"inpainter": lambda: im.load_inpainter(self.resolved("inpainter"), self.device, self.p.dtype),
+                   "stylizer": self._style_pipeline,
+                   "refiner": lambda: im.load_refiner(self.resolved("refiner"), self.device, self.p.dtype)}
+        return pb.run_calls(calls, self.p.batch_size, lambda role: loaders[role](),
+                            lambda role: self.resolved(role).model_id)
+
+    def _style_pipeline(self):
+        cn = self.resolved("controlnet") if "controlnet" in self.models else None
+        ad = self.resolved("style_adapter") if "style_adapter" in self.models else None
+        return im.load_stylizer(self.resolved("stylizer"), self.device, self.p.dtype, cn, ad,
+                                self.p.style_adapter_scale)
+
+    def _steps(self, source: SourceRef, spec: EditSpec, seed: int) -> pb.Steps:
+        """One edit as a generator of its pipeline calls (pipeline_batch.py)."""
         img = read_source_image(source, self.device)
         if min(img.size) < self.p.min_side:
             raise EditError(f"source image {source.path or source.key} is {img.size[0]}x{img.size[1]}: too small to "
@@ -255,13 +279,13 @@ class ImagePulseBackend:
                    **({"dataset": source.dataset} if source.dataset else {})}
         base = {"en": source.caption or PLAIN_CAPTION[0], "zh": None if source.caption else PLAIN_CAPTION[1]}
         if spec.type == "style":
-            return self._style(img, spec, seed, base, lineage)
+            return (yield from self._style(img, spec, seed, base, lineage))
         if spec.type == "remove":
-            return self._remove(img, seed, base, lineage, reverse=False)
+            return (yield from self._remove(img, seed, base, lineage, reverse=False))
         method = self.p.add_methods[seed % len(self.p.add_methods)]
         if method == "reverse":
-            return self._remove(img, seed, base, lineage, reverse=True)
-        return self._add_free(img, seed, base, lineage)
+            return (yield from self._remove(img, seed, base, lineage, reverse=True))
+        return (yield from self._add_free(img, seed, base, lineage))
 
     def _written(self, out: EditOutput, forward_task: str, reverse_task: str, mention: dict[str, str],
                  object_in: Optional[str]) -> EditOutput:
@@ -319,27 +343,17 @@ class ImagePulseBackend:
                             f"imagepulse.max_mask_fraction {self.p.max_mask_fraction:.0%}): nothing is left to keep")
         return core, region
 
-    def _inpaint(self, img: Image.Image, region: np.ndarray, prompt: str, seed: int) -> Image.Image:
-        import torch
+    def _inpaint(self, img: Image.Image, region: np.ndarray, prompt: str, seed: int) -> pb.PipeCall:
+        """The inpainting call for `region` of `img` (at the pipeline's size)."""
+        w, h = _pipeline_size(img)
+        mask = Image.fromarray(np.where(region, 255, 0).astype(np.uint8), "L")
+        shared: dict[str, Any] = dict(height=h, width=w, num_inference_steps=self.p.inpaint_steps)
+        if self.p.guidance is not None:
+            shared["guidance_scale"] = self.p.guidance
+        return pb.PipeCall("inpainter", seed, dict(prompt=prompt, image=img.resize((w, h), Image.Resampling.BICUBIC),
+                                                   mask_image=mask.resize((w, h), Image.Resampling.NEAREST)), shared)
 
-        r = self.resolved("inpainter")
-        try:
-            pipe = im.load_inpainter(r, self.device, self.p.dtype)
-            w, h = _pipeline_size(img)
-            mask = Image.fromarray(np.where(region, 255, 0).astype(np.uint8), "L")
-            kwargs: dict[str, Any] = dict(prompt=prompt, image=img.resize((w, h), Image.Resampling.BICUBIC),
-                                          mask_image=mask.resize((w, h), Image.Resampling.NEAREST),
-                                          height=h, width=w, num_inference_steps=self.p.inpaint_steps,
-                                          generator=torch.Generator("cpu").manual_seed(seed), output_type="pil")
-            if self.p.guidance is not None:
-                kwargs["guidance_scale"] = self.p.guidance
-            with torch.inference_mode():
-                out = pipe(**kwargs).images[0]
-        except Exception as exc:
-            raise EditError(f"inpainter {r.model_id} failed: {type(exc).__name__}: {exc}") from None
-        return out.convert("RGB")
-
-    def _remove(self, img: Image.Image, seed: int, base: dict, lineage: dict, reverse: bool) -> EditOutput:
+    def _remove(self, img: Image.Image, seed: int, base: dict, lineage: dict, reverse: bool) -> pb.Steps:
         vocab = self.vocabulary()
         dets = self._detect(img, [w.en for w in vocab], self.p.detector_threshold)
         if not dets:
@@ -349,8 +363,8 @@ class ImagePulseBackend:
         pick = random.Random(seed).choice(dets)
         word = vocab[pick.label]
         core, region = self._masks(img, pick.box)
-        removed = paste_back(img, self._inpaint(img, region, self.p.background_prompt, seed), core, region,
-                             self.p.blur)
+        inpainted = yield self._inpaint(img, region, self.p.background_prompt, seed)
+        removed = paste_back(img, inpainted, core, region, self.p.blur)
         with_cap = base
         without_cap = {"en": f"{base['en']}, without the {word.en}",
                        "zh": f"{base['zh']}，没有{word.zh}" if base["zh"] else None}
@@ -380,15 +394,15 @@ class ImagePulseBackend:
                 return box
         raise EditError(f"no free region for a new object: {len(taken)} detections cover the image")
 
-    def _add_free(self, img: Image.Image, seed: int, base: dict, lineage: dict) -> EditOutput:
+    def _add_free(self, img: Image.Image, seed: int, base: dict, lineage: dict) -> pb.Steps:
         vocab = self.vocabulary()
         rng = random.Random(seed)
         word = vocab[rng.randrange(len(vocab))]
         taken = self._detect(img, [w.en for w in vocab], self.p.detector_threshold)
         box = self._free_box(img, rng, taken)
         core, region = self._masks(img, box, segment=False)  # nothing there to segment
-        added = paste_back(img, self._inpaint(img, region, f"a photo of a {word.en}", seed), core, region,
-                           self.p.blur)
+        inpainted = yield self._inpaint(img, region, f"a photo of a {word.en}", seed)
+        added = paste_back(img, inpainted, core, region, self.p.blur)
         with_cap = {"en": f"{base['en']}, with {article(word.en)} {word.en}",
                     "zh": f"{base['zh']}，有一个{word.zh}" if base["zh"] else None}
         variant = seed % len(ADD_TEXT)
@@ -399,12 +413,12 @@ class ImagePulseBackend:
         return self._written(out, f"add {article(word.en)} {word.en}", f"remove the {word.en}",
                              {"en": word.en, "zh": word.zh}, "target")
 
-    def _style(self, img: Image.Image, spec: EditSpec, seed: int, base: dict, lineage: dict) -> EditOutput:
+    def _style(self, img: Image.Image, spec: EditSpec, seed: int, base: dict, lineage: dict) -> pb.Steps:
         styles = {s.key: s for s in self.styles()}
         if spec.style not in styles:
             raise EditError(f"style {spec.style!r} is not in the style list ({len(styles)} styles)")
         st = styles[spec.style]
-        out, extra = self._stylize(img, st, seed)
+        out, extra = yield from self._stylize(img, st, seed)
         target = out.convert("RGB").resize(img.size, Image.Resampling.BICUBIC)
         styled = {"en": f"{base['en']}, in {st.en} style", "zh": f"{base['zh']}，{st.zh}风格" if base["zh"] else None}
         out = EditOutput("style", img, target, np.ones((img.size[1], img.size[0]), bool),
@@ -413,58 +427,42 @@ class ImagePulseBackend:
         return self._written(out, f"restyle it as {st.en}", f"turn this {st.en} image back into a photo",
                              {"en": st.en, "zh": st.zh}, None)
 
-    def _stylize(self, img: Image.Image, st: Style, seed: int) -> tuple[Image.Image, dict[str, Any]]:
+    def _stylize(self, img: Image.Image, st: Style, seed: int):
         """The style stage: image-to-image with the style's prompt; with a ControlNet on the
         source's canny edges and an IP-Adapter on the style's reference image when the recipe
-        names them (InstantStyle); then the refiner's image-to-image pass. Returns the image at
-        the pipeline's size and lineage of what ran."""
-        import torch
-
+        names them (InstantStyle); then the refiner's image-to-image pass. Yields its pipeline
+        calls; returns the image at the pipeline's size and lineage of what ran."""
         from nexus_gen.edit.canny import canny_control_image
 
         p, extra = self.p, {}
         w, h = _pipeline_size(img)
         src = img.resize((w, h), Image.Resampling.BICUBIC)
-        kwargs: dict[str, Any] = dict(prompt=st.prompt, image=src, strength=p.style_strength,
-                                      num_inference_steps=p.style_steps, output_type="pil")
+        per_item: dict[str, Any] = dict(prompt=st.prompt, image=src)
+        shared: dict[str, Any] = dict(strength=p.style_strength, num_inference_steps=p.style_steps)
         if p.guidance is not None:
-            kwargs["guidance_scale"] = p.guidance
-        cn = self.resolved("controlnet") if "controlnet" in self.models else None
-        ad = self.resolved("style_adapter") if "style_adapter" in self.models else None
-        if cn is not None:
+            shared["guidance_scale"] = p.guidance
+        share_key: tuple = ()
+        if "controlnet" in self.models:
             control = canny_control_image(src, p.canny_low, p.canny_high, p.canny_sigma)
-            kwargs.update(control_image=control, controlnet_conditioning_scale=p.controlnet_scale)
+            per_item["control_image"] = control
+            shared["controlnet_conditioning_scale"] = p.controlnet_scale
             extra["canny"] = {"low": p.canny_low, "high": p.canny_high, "sigma": p.canny_sigma,
                               "edge_fraction": round(float(np.asarray(control)[..., 0].mean() / 255), 6)}
-        if ad is not None:
+        if "style_adapter" in self.models:
             ref = self.style_references().get(st.key)
             if ref is None:
                 raise EditError(f"style {st.key!r} has no reference image in imagepulse.style_references")
             from nexus_gen.edit.backends.scenes import read_photo
 
-            kwargs["ip_adapter_image"] = read_photo(str(ref))
+            shared["ip_adapter_image"] = read_photo(str(ref))  # one per batch: batches share the style
+            share_key = (str(ref),)
             extra["style_reference"] = ref.name
-        r = self.resolved("stylizer")
-        try:
-            pipe = im.load_stylizer(r, self.device, p.dtype, cn, ad, p.style_adapter_scale)
-            with torch.inference_mode():
-                out = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
-        except EditError:
-            raise
-        except Exception as exc:
-            raise EditError(f"stylizer {r.model_id} failed: {type(exc).__name__}: {exc}") from None
+        out = yield pb.PipeCall("stylizer", seed, per_item, shared, share_key)
         if "refiner" in self.models:
-            rr = self.resolved("refiner")
-            try:
-                ref_pipe = im.load_refiner(rr, self.device, p.dtype)
-                rk: dict[str, Any] = dict(prompt=st.prompt, image=out.convert("RGB"), strength=p.refine_strength,
-                                          num_inference_steps=p.style_steps, output_type="pil")
-                if p.guidance is not None:
-                    rk["guidance_scale"] = p.guidance
-                with torch.inference_mode():
-                    out = ref_pipe(**rk, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
-            except Exception as exc:
-                raise EditError(f"refiner {rr.model_id} failed: {type(exc).__name__}: {exc}") from None
+            rshared: dict[str, Any] = dict(strength=p.refine_strength, num_inference_steps=p.style_steps)
+            if p.guidance is not None:
+                rshared["guidance_scale"] = p.guidance
+            out = yield pb.PipeCall("refiner", seed, dict(prompt=st.prompt, image=out), rshared)
             extra["refine_strength"] = p.refine_strength
         return out, extra
 
