@@ -214,7 +214,7 @@ class ImagePulseBackend:
         out = {}
         for role, spec in self.models.items():
             mid = im.model_id_of(role, spec)
-            if spec == "tiny":
+            if im.is_tiny(spec):
                 status = "tiny: random-init, built locally on first use"
             else:
                 why = im.check(im.resolve(role, spec))

@@ -35,6 +35,21 @@ _KIND_FILE = {"detector": "config.json", "inpainter": "model_index.json",
 IP_ADAPTER_DEFAULT_WEIGHT = "ip-adapter.safetensors"  # a style_adapter spec without `:<weight>`
 
 
+# tiny variants besides `tiny` (role -> spec -> (name, builder)): another class of the same role
+def _tiny_variants() -> dict[str, dict[str, tuple[str, Callable[[], Path]]]]:
+    from nexus_gen.models.tiny import TINY_GROUNDING_DINO_NAME, tiny_grounding_dino_dir
+
+    return {"detector": {"tiny-grounding-dino": (TINY_GROUNDING_DINO_NAME, tiny_grounding_dino_dir)}}
+
+
+TINY_SPECS = ("tiny", "tiny-grounding-dino")
+
+
+def is_tiny(spec: str) -> bool:
+    """A random-init model built locally (`tiny`, or a tiny variant such as `tiny-grounding-dino`)."""
+    return spec in TINY_SPECS
+
+
 def _tiny(role: str) -> Path:
     from nexus_gen.models.tiny import (tiny_controlnet_dir, tiny_ip_adapter_dir, tiny_owlv2_dir,
                                        tiny_vlm_dir, tiny_sam_dir, tiny_sd_dir, tiny_sd_inpaint_dir)
@@ -103,6 +118,8 @@ def model_id_of(role: str, spec: str) -> str:
     """The id a role's recipe value names (lineage, fingerprints), without building or loading."""
     if spec == "tiny":
         return f"tiny:{_tiny_name(role)}"
+    if spec in _tiny_variants().get(role, {}):
+        return f"tiny:{_tiny_variants()[role][spec][0]}"
     hub = PROFILES.get(role, {}).get(spec, spec)
     p = Path(hub).expanduser()
     return str(p.resolve()) if p.exists() else hub
@@ -121,6 +138,8 @@ def resolve(role: str, spec: str) -> Resolved:
     if spec == "tiny":
         d = _tiny(role)
         return Resolved(role, spec, model_id_of(role, spec), str(d), True, _split_weight(role, "")[1])
+    if spec in _tiny_variants().get(role, {}):
+        return Resolved(role, spec, model_id_of(role, spec), str(_tiny_variants()[role][spec][1]()), True)
     hub = PROFILES.get(role, {}).get(spec, spec)
     where, weight = _split_weight(role, hub)
     p = Path(where).expanduser()
@@ -200,8 +219,12 @@ class ZeroShotDetector:
         import torch
 
         w, h = image.size
-        queries = [f"a photo of a {x}" for x in labels]
-        inputs = self.processor(text=[queries], images=image, return_tensors="pt").to(self.device)
+        if self.kind == "owlv2":
+            queries = [f"a photo of a {x}" for x in labels]
+            inputs = self.processor(text=[queries], images=image, return_tensors="pt").to(self.device)
+        else:  # Grounding DINO's prompt: the names, each ended by a full stop
+            inputs = self.processor(text=" ".join(f"{x.lower()}." for x in labels), images=image,
+                                    return_tensors="pt").to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with torch.inference_mode():
@@ -210,20 +233,44 @@ class ZeroShotDetector:
             side = max(w, h)
             res = self.processor.post_process_grounded_object_detection(
                 out, threshold=threshold, target_sizes=[(side, side)])[0]
-            labels_idx = [int(i) for i in res["labels"]]
+            found = zip([int(i) for i in res["labels"]], res["scores"].float().tolist(),
+                        res["boxes"].float().tolist())
         else:
-            res = self.processor.post_process_grounded_object_detection(
-                out, inputs["input_ids"], threshold=threshold, text_threshold=threshold,
-                target_sizes=[(h, w)])[0]
-            lookup = {q.lower(): i for i, q in enumerate(queries)}
-            lookup.update({x.lower(): i for i, x in enumerate(labels)})
-            labels_idx = [lookup.get(str(t).strip().lower(), -1) for t in res["text_labels"]]
+            found = self._grounded(out, inputs["input_ids"][0].tolist(), len(labels), threshold, w, h)
         boxes = []
-        for i, s, b in zip(labels_idx, res["scores"].float().tolist(), res["boxes"].float().tolist()):
+        for i, s, b in found:
             x0, y0, x1, y1 = max(0.0, b[0]), max(0.0, b[1]), min(float(w), b[2]), min(float(h), b[3])
             if i >= 0 and x1 - x0 >= 1 and y1 - y0 >= 1:  # on the image and not degenerate
                 boxes.append(Box(i, round(s, 6), (x0, y0, x1, y1)))
         return boxes
+
+    def _grounded(self, out, ids: list[int], n_labels: int, threshold: float, w: int, h: int):
+        """Grounding DINO's queries as (label index, score, pixel box): each query goes to the name
+        whose tokens (between full stops) it scores highest, rather than to the decoded token
+        phrase, which need not spell a whole name."""
+        tok = self.processor.tokenizer
+        stop, special = tok.convert_tokens_to_ids("."), set(tok.all_special_ids)
+        spans: list[list[int]] = [[]]
+        for pos, t in enumerate(ids):
+            if t == stop:
+                spans.append([])
+            elif t not in special:
+                spans[-1].append(pos)
+        spans = [sp for sp in spans if sp][:n_labels]  # a name cut off by the text limit is not asked
+        if not spans:
+            return []
+        probs = out.logits[0].float().sigmoid()  # (queries, text positions)
+        per_name = probs.new_zeros((probs.shape[0], len(spans)))
+        for k, sp in enumerate(spans):
+            per_name[:, k] = probs[:, sp].max(dim=1).values
+        score, label = per_name.max(dim=1)
+        found = []
+        for q in range(probs.shape[0]):
+            if float(score[q]) > threshold:
+                cx, cy, bw, bh = out.pred_boxes[0, q].float().tolist()
+                found.append((int(label[q]), float(score[q]),
+                              [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]))
+        return found
 
 
 def load_detector(r: Resolved, device: str, dtype: str) -> ZeroShotDetector:

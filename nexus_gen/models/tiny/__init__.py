@@ -5,13 +5,14 @@ Each builder writes a small model in the same layout as its real counterpart int
 through the ordinary loading path: tiny CLIP, DINO and Chinese-CLIP for the scorers (`encoders`),
 tiny Stable Diffusion text-to-image, inpainting and InstructPix2Pix pipelines
 (`stable_diffusion`), a tiny Mask2Former for GenEval's detector (`detector`), a tiny OWLv2
-zero-shot detector and a tiny SAM for the imagepulse edit backend (`owlv2`, `sam`), and one tiny
+and a tiny Grounding DINO (`grounding_dino`) zero-shot detector and a tiny SAM for the imagepulse edit backend (`owlv2`, `sam`), and one tiny
 Qwen2.5-VL with Qwen's special token ids for the understanding benchmarks and the backend's
 captioner (`vlm`); a tiny ControlNet and a tiny IP-Adapter for its InstantStyle stage
 (`controlnet`)."""
 from nexus_gen.models.tiny.controlnet import (TINY_CONTROLNET_NAME, TINY_IP_ADAPTER_NAME,
                                              tiny_controlnet_dir, tiny_ip_adapter_dir)
 from nexus_gen.models.tiny.detector import TINY_MASK2FORMER_NAME, tiny_mask2former_dir
+from nexus_gen.models.tiny.grounding_dino import TINY_GROUNDING_DINO_NAME, tiny_grounding_dino_dir
 from nexus_gen.models.tiny.encoders import tiny_chinese_clip_dir, tiny_clip_dir, tiny_dino_dir
 from nexus_gen.models.tiny.owlv2 import TINY_OWLV2_NAME, tiny_owlv2_dir
 from nexus_gen.models.tiny.sam import TINY_SAM_NAME, tiny_sam_dir
@@ -20,8 +21,9 @@ from nexus_gen.models.tiny.stable_diffusion import (TINY_IP2P_NAME, TINY_SD_INPA
                                                     tiny_sd_inpaint_dir)
 from nexus_gen.models.tiny.vlm import TINY_VLM_NAME, tiny_vlm_dir
 
-__all__ = ["TINY_CONTROLNET_NAME", "TINY_IP2P_NAME", "TINY_IP_ADAPTER_NAME", "TINY_MASK2FORMER_NAME",
-           "TINY_OWLV2_NAME", "TINY_SAM_NAME", "TINY_SD_INPAINT_NAME", "TINY_SD_NAME", "TINY_SD_SIZE",
-           "TINY_VLM_NAME", "tiny_chinese_clip_dir", "tiny_clip_dir", "tiny_controlnet_dir", "tiny_dino_dir",
-           "tiny_ip2p_dir", "tiny_ip_adapter_dir", "tiny_mask2former_dir", "tiny_owlv2_dir", "tiny_sam_dir",
-           "tiny_sd_dir", "tiny_sd_inpaint_dir", "tiny_vlm_dir"]
+__all__ = ["TINY_CONTROLNET_NAME", "TINY_GROUNDING_DINO_NAME", "TINY_IP2P_NAME", "TINY_IP_ADAPTER_NAME",
+           "TINY_MASK2FORMER_NAME", "TINY_OWLV2_NAME", "TINY_SAM_NAME", "TINY_SD_INPAINT_NAME", "TINY_SD_NAME",
+           "TINY_SD_SIZE", "TINY_VLM_NAME", "tiny_chinese_clip_dir", "tiny_clip_dir", "tiny_controlnet_dir",
+           "tiny_dino_dir", "tiny_grounding_dino_dir", "tiny_ip2p_dir", "tiny_ip_adapter_dir",
+           "tiny_mask2former_dir", "tiny_owlv2_dir", "tiny_sam_dir", "tiny_sd_dir", "tiny_sd_inpaint_dir",
+           "tiny_vlm_dir"]

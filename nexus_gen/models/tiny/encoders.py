@@ -78,7 +78,7 @@ TINY_CHINESE_CLIP_CONFIG = dict(
     projection_dim=32)
 
 
-def _tiny_vocab() -> list[str]:
+def tiny_wordpiece_vocab() -> list[str]:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     ascii_ = [chr(c) for c in range(33, 127)]
     return specials + ascii_ + ["##" + c for c in ascii_] + [chr(c) for c in range(0x4E00, 0xA000)]
@@ -88,7 +88,7 @@ def _build_chinese_clip(out: Path) -> None:
     from transformers import (BertTokenizer, ChineseCLIPConfig, ChineseCLIPImageProcessor,
                               ChineseCLIPModel, ChineseCLIPProcessor)
 
-    vocab = _tiny_vocab()
+    vocab = tiny_wordpiece_vocab()
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizer(str(out / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)
     size = TINY_CHINESE_CLIP_CONFIG["vision_config"]["image_size"]
