@@ -4,10 +4,10 @@ Each builder writes a small model in the same layout as its real counterpart int
 `cache_root()/tiny/<name>` once (`nexus_gen.models.cache.build_once`), and callers load it back
 through the ordinary loading path: tiny CLIP, DINO and Chinese-CLIP for the scorers (`encoders`),
 tiny Stable Diffusion text-to-image, inpainting and InstructPix2Pix pipelines
-(`stable_diffusion`), a tiny Mask2Former for GenEval's detector (`detector`), a tiny OWLv2
-and a tiny Grounding DINO (`grounding_dino`) zero-shot detector and a tiny SAM for the imagepulse edit backend (`owlv2`, `sam`), and one tiny
-Qwen2.5-VL with Qwen's special token ids for the understanding benchmarks and the backend's
-captioner (`vlm`); a tiny ControlNet and a tiny IP-Adapter for its InstantStyle stage
+(`stable_diffusion`), a tiny Mask2Former for GenEval's detector (`detector`), tiny OWLv2 and
+Grounding DINO zero-shot detectors and a tiny SAM for the imagepulse edit backend (`owlv2`,
+`grounding_dino`, `sam`), and one tiny Qwen2.5-VL with Qwen's special token ids for the
+understanding benchmarks and the backend's captioner (`vlm`); a tiny ControlNet and a tiny IP-Adapter for its InstantStyle stage
 (`controlnet`)."""
 from nexus_gen.models.tiny.controlnet import (TINY_CONTROLNET_NAME, TINY_IP_ADAPTER_NAME,
                                              tiny_controlnet_dir, tiny_ip_adapter_dir)
