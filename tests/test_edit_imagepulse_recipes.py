@@ -60,3 +60,22 @@ def test_dry_run_tiny_builds_and_loads_nothing(tmp_path):
     assert info["models"]["sources.1.generator"]["id"] == "tiny:tiny-stable-diffusion-v1"
     assert info["problems"] == [] and info["planned"] == 18
     assert not cache.exists() and not (tmp_path / "run").exists()
+
+
+def test_guidance_per_role():
+    """One number for every pipeline, or a value per role (FLUX Fill wants ~30, SDXL ~5, FLUX
+    img2img ~3.5); a role left out keeps its pipeline's default (None)."""
+    import pytest
+    from pydantic import ValidationError
+
+    from nexus_gen.edit.backends.imagepulse_backend import ImagePulseBackend
+    from nexus_gen.edit.recipe import ImagePulseParams
+
+    b = ImagePulseBackend({}, ImagePulseParams(guidance={"inpainter": 30.0, "stylizer": 5.0}))
+    assert (b.guidance("inpainter"), b.guidance("stylizer"), b.guidance("refiner")) == (30.0, 5.0, None)
+    b = ImagePulseBackend({}, ImagePulseParams(guidance=7.5))
+    assert {b.guidance(r) for r in ("inpainter", "stylizer", "refiner")} == {7.5}
+    with pytest.raises(ValidationError):
+        ImagePulseParams(guidance={"detector": 3.0})
+    paper, _ = load_recipe("imagepulse")
+    assert paper.imagepulse.guidance == {"inpainter": 30.0, "stylizer": 5.0, "refiner": 3.5}

@@ -177,7 +177,10 @@ class ImagePulseParams(_Strict):
     style_strength: Annotated[float, Field(gt=0, le=1)] = 0.6  # ImagePulse's img2img strength
     style_steps: PositiveInt = 28
     inpaint_steps: PositiveInt = 28
-    guidance: Optional[Annotated[float, Field(ge=0)]] = None  # None: the pipeline's default
+    # one value for every pipeline, or per role (FLUX Fill, SDXL and FLUX img2img want very
+    # different scales); None or a role left out: that pipeline's default
+    guidance: Optional[Union[Annotated[float, Field(ge=0)],
+                             dict[Literal["inpainter", "stylizer", "refiner"], Annotated[float, Field(ge=0)]]]] = None
     detector_threshold: UnitFloat = 0.3
     mask_dilation: Annotated[int, Field(ge=0, le=256)] = 15  # px, AnyEdit's dilation
     blur: Annotated[float, Field(ge=0, le=64)] = 4.0  # px, sigma of the paste-back feather

@@ -343,13 +343,18 @@ class ImagePulseBackend:
                             f"imagepulse.max_mask_fraction {self.p.max_mask_fraction:.0%}): nothing is left to keep")
         return core, region
 
+    def guidance(self, role: str) -> Optional[float]:
+        """The guidance scale of this role's pipeline (None: the pipeline's default)."""
+        g = self.p.guidance
+        return g.get(role) if isinstance(g, dict) else g
+
     def _inpaint(self, img: Image.Image, region: np.ndarray, prompt: str, seed: int) -> pb.PipeCall:
         """The inpainting call for `region` of `img` (at the pipeline's size)."""
         w, h = _pipeline_size(img)
         mask = Image.fromarray(np.where(region, 255, 0).astype(np.uint8), "L")
         shared: dict[str, Any] = dict(height=h, width=w, num_inference_steps=self.p.inpaint_steps)
-        if self.p.guidance is not None:
-            shared["guidance_scale"] = self.p.guidance
+        if self.guidance("inpainter") is not None:
+            shared["guidance_scale"] = self.guidance("inpainter")
         return pb.PipeCall("inpainter", seed, dict(prompt=prompt, image=img.resize((w, h), Image.Resampling.BICUBIC),
                                                    mask_image=mask.resize((w, h), Image.Resampling.NEAREST)), shared)
 
@@ -439,8 +444,8 @@ class ImagePulseBackend:
         src = img.resize((w, h), Image.Resampling.BICUBIC)
         per_item: dict[str, Any] = dict(prompt=st.prompt, image=src)
         shared: dict[str, Any] = dict(strength=p.style_strength, num_inference_steps=p.style_steps)
-        if p.guidance is not None:
-            shared["guidance_scale"] = p.guidance
+        if self.guidance("stylizer") is not None:
+            shared["guidance_scale"] = self.guidance("stylizer")
         share_key: tuple = ()
         if "controlnet" in self.models:
             control = canny_control_image(src, p.canny_low, p.canny_high, p.canny_sigma)
@@ -460,8 +465,8 @@ class ImagePulseBackend:
         out = yield pb.PipeCall("stylizer", seed, per_item, shared, share_key)
         if "refiner" in self.models:
             rshared: dict[str, Any] = dict(strength=p.refine_strength, num_inference_steps=p.style_steps)
-            if p.guidance is not None:
-                rshared["guidance_scale"] = p.guidance
+            if self.guidance("refiner") is not None:
+                rshared["guidance_scale"] = self.guidance("refiner")
             out = yield pb.PipeCall("refiner", seed, dict(prompt=st.prompt, image=out), rshared)
             extra["refine_strength"] = p.refine_strength
         return out, extra
