@@ -71,10 +71,11 @@ def build_sections(run_dir: Path) -> list[Section]:
     if (trip / "manifest.json").exists():
         from nexus_gen.edit.grid import triplet_grid
 
-        figures.append(Figure("triplets", triplet_grid(trip), "Sample triplets: source | target | edit mask"))
-        figures.append(Figure("scores", score_histograms(score_columns(trip)),
+        name = record["recipe"]  # figure files are named per build: a report may hold several
+        figures.append(Figure(f"{name}-triplets", triplet_grid(trip), "Sample triplets: source | target | edit mask"))
+        figures.append(Figure(f"{name}-scores", score_histograms(score_columns(trip)),
                               "Score distributions per edit type"))
-    return [Section("Data: the build", text, tables, figures)]
+    return [Section(f"Data: the build of recipe {record['recipe']}", text, tables, figures)]
 
 
 def build_report(run_dir: Path) -> Report:

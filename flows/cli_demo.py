@@ -32,11 +32,11 @@ def demo(
     data = result["data"]["convert"]
     typer.echo(f"data: {data['accepted']} of {data['input']} reference examples converted, validated "
                f"and exported to {out / 'data'}")
-    b = result["build"]
-    c = b["counts"]
-    typer.echo(f"build (datasets_spec/recipes/demo.yaml): {c['planned']} planned = {c['triplets']} triplets "
-               f"+ {c['rejected']} rejected; {c['samples']} samples "
-               f"({', '.join(f'{k} {n}' for k, n in sorted(b['by_task'].items()))}) in {b['dir']}")
+    for b in result["builds"]:
+        c = b["counts"]
+        typer.echo(f"build (datasets_spec/recipes/{b['recipe']}.yaml): {c['planned']} planned = "
+                   f"{c['triplets']} triplets + {c['rejected']} rejected; {c['samples']} samples "
+                   f"({', '.join(f'{k} {n}' for k, n in sorted(b['by_task'].items()))}) in {b['dir']}")
     typer.echo(f"report: {result['report']}")
 
 

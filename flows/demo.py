@@ -3,7 +3,8 @@
 Steps (each a function, run in order by `demo_flow`): convert the reference system's own examples
 (embedded in `datasets_spec/examples/`) into shards, validate them and export them to the
 reference jsonl and DiffSynth csv; build `datasets_spec/recipes/demo.yaml` (edit triplets on
-scenes and the repo's photos, scored, mixed with the examples, split into train and test);
+scenes and the repo's photos, scored, mixed with the examples, split into train and test) and
+`demo_imagepulse.yaml` (the real-model backend with tiny models on photos);
 then GenEval-scenes with the ground-truth
 renderer (the ceiling: ~1.0) and with a tiny random-init diffusers pipeline (the floor: ~0.0),
 each a full generate -> detect -> score -> report run, then one side-by-side report that says what
@@ -62,18 +63,26 @@ def convert_examples(out: Path) -> dict[str, Any]:
             "exports": exported}
 
 
-def build_demo_data(out: Path) -> dict[str, Any]:
-    """The data-building job on the demo recipe (a Prefect subflow, two shards at a time) into
-    `out/build`; returns its run record (`run.json`)."""
+# (run folder, recipe): the scenes backend on scenes and photos (exact ground truth), and the
+# imagepulse backend (grounded inpainting, InstantStyle, VLM texts) with tiny models on photos.
+DEMO_BUILDS: tuple[tuple[str, str], ...] = (("build", "demo"), ("build-imagepulse", "demo_imagepulse"))
+
+
+def build_demo_data(out: Path) -> list[dict[str, Any]]:
+    """The data-building job on the demo recipes (Prefect subflows, two shards at a time) into
+    `out/<folder>`; returns their run records (`run.json`), each with its folder as `dir`."""
     from flows.build import build_flow, task_runner
 
-    run_dir = out / "build"
     flow = build_flow.with_options(task_runner=task_runner("threads", 2, None))
-    record = flow(recipe="demo", out=str(run_dir))
-    c = record["counts"]
-    log.info("build: %d triplets, %d samples, %d rejected -> %s", c["triplets"], c["samples"],
-             c["rejected"], run_dir)
-    return {**record, "dir": str(run_dir)}
+    records = []
+    for folder, recipe in DEMO_BUILDS:
+        run_dir = out / folder
+        record = flow(recipe=recipe, out=str(run_dir))
+        c = record["counts"]
+        log.info("build %s: %d triplets, %d samples, %d rejected -> %s", recipe, c["triplets"],
+                 c["samples"], c["rejected"], run_dir)
+        records.append({**record, "dir": str(run_dir)})
+    return records
 
 
 def run_scenes_benchmark(out: Path, name: str, generator: str, size: Optional[int],
@@ -131,7 +140,7 @@ def data_section(data: dict[str, Any]):
 
 
 def write_side_by_side_report(out: Path, run_dirs: Sequence[Path], data: dict[str, Any],
-                              build_dir: Optional[Path] = None) -> Path:
+                              build_dirs: Sequence[Path] = ()) -> Path:
     """The demo's own report: what the numbers mean, every run's per-tag accuracy side by side
     with links to each run's report, the data step, and the build (counts, a triplet grid, score
     distributions per edit type); also posted to Prefect."""
@@ -145,8 +154,8 @@ def write_side_by_side_report(out: Path, run_dirs: Sequence[Path], data: dict[st
         links_from=out)
     report.sections[:0] = [meaning_section(run_dirs)]
     report.sections.append(data_section(data))
-    if build_dir is not None:
-        report.sections += build_sections(build_dir)
+    for d in build_dirs:
+        report.sections += build_sections(d)
     _, html = write_report(report, out)
     post_report_artifacts(report, "demo")
     return html
@@ -158,15 +167,15 @@ def demo_flow(out: str, limit: Optional[int] = None, n_images: int = 2) -> dict[
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     data = convert_examples(root)
-    build = build_demo_data(root)
+    builds = build_demo_data(root)
     run_dirs = [run_scenes_benchmark(root, name, generator, size, limit, n_images, max_prompts)
                 for name, generator, size, max_prompts in SCENES_RUNS]
-    html = write_side_by_side_report(root, run_dirs, data, Path(build["dir"]))
+    html = write_side_by_side_report(root, run_dirs, data, [Path(b["dir"]) for b in builds])
     summaries = {d.name: json.loads((d / "summary.json").read_text(encoding="utf-8"))["overall"]
                  for d in run_dirs}
     log.info("demo report: %s", html)
     return {"report": str(html), "overall": summaries, "runs": [str(d) for d in run_dirs], "data": data,
-            "build": build}
+            "builds": builds}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -21,7 +21,7 @@ def test_build_sections(tmp_path):
     rows = {r[0]: r[1:] for r in sec.tables[0].rows}
     assert rows == {"add": [2, 2, 0], "style": [2, 2, 0]}
     names = [f.name for f in sec.figures]
-    assert names == ["triplets", "scores"]
+    assert names == ["small-triplets", "small-scores"]
     grid = Image.open(io.BytesIO(sec.figures[0].png))
     assert grid.format == "PNG" and grid.height > 2 * 128
     df = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "run" / "triplets").glob("*.parquet")))

@@ -75,17 +75,20 @@ def test_demo_runs_ground_truth_and_tiny_side_by_side(prefect_harness, tmp_path)
     assert cells[d + 3] == "1" and "understanding 1" in cells[d + 4]  # understanding is skipped
     # the build step: demo.yaml built, its counts in the terminal, its grid and plots in the report
     rec = json.loads((out / "build" / "run.json").read_text())
-    c = rec["counts"]
-    assert rec["status"] == "complete" and c["planned"] == c["triplets"] + c["rejected"] > 0
-    build_line = next(line for line in lines if line.startswith("build ("))
-    assert f"{c['planned']} planned = {c['triplets']} triplets + {c['rejected']} rejected" in build_line
+    for folder, recipe in (("build", "demo"), ("build-imagepulse", "demo_imagepulse")):
+        r = json.loads((out / folder / "run.json").read_text())
+        c = r["counts"]
+        assert r["status"] == "complete" and c["planned"] == c["triplets"] + c["rejected"] > 0
+        build_line = next(line for line in lines if line.startswith(f"build (datasets_spec/recipes/{recipe}.yaml)"))
+        assert f"{c['planned']} planned = {c['triplets']} triplets + {c['rejected']} rejected" in build_line
     b = cells.index("edit type")
     assert cells[b + 4:b + 8] == ["add", str(rec["by_edit_type"]["add"]["planned"]),
                                   str(rec["by_edit_type"]["add"]["triplets"]),
                                   str(rec["by_edit_type"]["add"]["rejected"])]
     html = (out / "report.html").read_text()
-    assert "Data: the build" in html and "Score distributions per edit type" in html
-    assert html.count("data:image/png;base64,") >= 2
+    assert "Data: the build of recipe demo<" in html and "Score distributions per edit type" in html
+    assert "Data: the build of recipe demo_imagepulse<" in html
+    assert html.count("data:image/png;base64,") >= 4
     # each run's own report is a link from the demo report
     for run in ("geneval-scenes-ground-truth", "geneval-scenes-tiny"):
         assert f'href="{run}/report.html"' in html
