@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
-from nexus_gen.scoring.dino import _weights_id
 from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
-from nexus_gen.scoring.hub import ModelUnavailableError, hub_files, quiet_progress
 from nexus_gen.scoring.image_encoder import ImageEncoderBase
+from nexus_gen.scoring.model_source import default_dtype, loading, resolve_source
 from nexus_gen.scoring.text_encoder import TextEncoderBase
 
 log = logging.getLogger(__name__)
@@ -80,34 +78,17 @@ def load_chinese_clip(spec: str = DEFAULT, *, device: Union[str, torch.device] =
     already be cached, else `ModelUnavailableError` at once)."""
     from transformers import ChineseCLIPModel, ChineseCLIPProcessor
 
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"Chinese-CLIP spec must be a non-empty string, got {spec!r}")
-    device = torch.device(device)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if spec == "tiny":
-        from nexus_gen.models.tiny import tiny_chinese_clip_dir
+    from nexus_gen.models.tiny import tiny_chinese_clip_dir
 
-        source: Union[str, Path] = tiny_chinese_clip_dir()
-        model_id = f"chinese-clip-tiny@sha256:{_weights_id(Path(source))}"
-    elif Path(spec).expanduser().is_dir():
-        source = Path(spec).expanduser().resolve()
-        model_id = f"{source.name}@sha256:{_weights_id(source)}"
-    else:
-        source = model_id = PROFILES.get(spec, spec)
+    source, model_id = resolve_source("Chinese-CLIP", spec, PROFILES, tiny_chinese_clip_dir,
+                                      "chinese-clip-tiny")
+    device = torch.device(device)
+    dtype = dtype if dtype is not None else default_dtype(device)
     fix = ("pass --clip-zh tiny (offline, random weights) or a local save_pretrained folder, or "
            "run once online to fill the cache")
-    try:
-        import contextlib
-
-        guard = hub_files(f"Chinese-CLIP {spec!r}", source, ["config.json"], fix) \
-            if isinstance(source, str) else contextlib.nullcontext()
-        with guard, quiet_progress():
-            model = ChineseCLIPModel.from_pretrained(str(source))
-            processor = ChineseCLIPProcessor.from_pretrained(str(source))
-    except (OSError, ValueError) as exc:
-        why = " ".join(str(exc).split())
-        raise ModelUnavailableError(f"cannot load Chinese-CLIP {spec!r} ({source}): {why}; {fix}") from exc
+    with loading("Chinese-CLIP", spec, source, fix):
+        model = ChineseCLIPModel.from_pretrained(str(source))
+        processor = ChineseCLIPProcessor.from_pretrained(str(source))
     model.eval().requires_grad_(False)
     model.to(device=device, dtype=dtype)
     enc = ChineseClipEncoder(model, processor, str(model_id), device, dtype, cache)

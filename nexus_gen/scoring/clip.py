@@ -20,6 +20,7 @@ from nexus_gen.scoring.clip_profiles import expand_profile
 from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
 from nexus_gen.scoring.hub import ModelUnavailableError, hub_files
 from nexus_gen.scoring.image_encoder import ImageEncoderBase
+from nexus_gen.scoring.model_source import default_dtype
 from nexus_gen.scoring.text_encoder import TextEncoderBase
 
 __all__ = ["ClipEncoder", "ClipSpec", "ModelUnavailableError", "load_clip", "resolve_clip_spec"]
@@ -201,8 +202,7 @@ def load_clip(spec: str = "small", *, device: Union[str, torch.device] = "cpu",
     import open_clip
 
     device = torch.device(device)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = dtype if dtype is not None else default_dtype(device)
     rs = resolve_clip_spec(spec)
     kwargs = dict(pretrained=rs.pretrained, force_quick_gelu=rs.force_quick_gelu)
     fix = (f"use the offline 'tiny' profile, pass '{rs.model_name.split(':')[0]}:/path/weights.safetensors' "
