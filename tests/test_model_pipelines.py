@@ -32,3 +32,12 @@ def test_load_pipeline_errors_name_the_pipeline(tmp_path):
         load_pipeline(tmp_path, "StableDiffusionInstructPix2PixPipeline", what="InstructPix2Pix pipeline")
     with pytest.raises(ValueError, match="dtype 'half-ish' is not a torch dtype"):
         load_pipeline(tmp_path, dtype="half-ish")  # the dtype is checked before anything loads
+
+
+def test_sampling_kwargs_leave_unset_settings_to_the_pipeline():
+    from nexus_gen.models.pipelines import sampling_kwargs
+
+    assert sampling_kwargs() == {}
+    assert sampling_kwargs(3) == {"num_inference_steps": 3}
+    got = sampling_kwargs(2, 7)
+    assert got == {"num_inference_steps": 2, "guidance_scale": 7.0} and type(got["guidance_scale"]) is float

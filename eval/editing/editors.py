@@ -14,7 +14,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Optional, Protocol
 
 from PIL import Image
 
@@ -65,11 +65,9 @@ class InstructPix2PixEditor:
     def edit(self, image: Image.Image, instruction: str, seed: int) -> Image.Image:
         import torch
 
-        kwargs: dict[str, Any] = {}
-        if self.steps is not None:
-            kwargs["num_inference_steps"] = int(self.steps)
-        if self.guidance is not None:
-            kwargs["guidance_scale"] = float(self.guidance)
+        from nexus_gen.models.pipelines import sampling_kwargs
+
+        kwargs = sampling_kwargs(self.steps, self.guidance)
         if self.image_guidance is not None:
             kwargs["image_guidance_scale"] = float(self.image_guidance)
         with torch.inference_mode():

@@ -85,11 +85,9 @@ class DiffusersGenerator:
     def generate(self, metadata: dict[str, Any], seeds: Sequence[int]) -> list[Image.Image]:
         import torch
 
-        kwargs: dict[str, Any] = {}
-        if self.steps is not None:
-            kwargs["num_inference_steps"] = int(self.steps)
-        if self.guidance is not None:
-            kwargs["guidance_scale"] = float(self.guidance)
+        from nexus_gen.models.pipelines import sampling_kwargs
+
+        kwargs = sampling_kwargs(self.steps, self.guidance)
         if self.size is not None:
             kwargs["height"] = kwargs["width"] = int(self.size)
         # CPU generators, one per image: the same latents on every device and in every batch shape.

@@ -6,7 +6,7 @@ the progress bar off (logs stay readable) and the pipeline moved to its device."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 DTYPE_NAMES = "float32, float16, bfloat16"
 
@@ -41,3 +41,14 @@ def load_pipeline(source: str | Path, pipeline_class: str = "DiffusionPipeline",
             f"Face cache or hub (offline?): {e}") from e
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def sampling_kwargs(steps: Optional[int] = None, guidance: Optional[float] = None) -> dict[str, Any]:
+    """The diffusers call arguments for the sampling settings given (`num_inference_steps`,
+    `guidance_scale`); a setting left None is left out, so the pipeline's own default applies."""
+    kwargs: dict[str, Any] = {}
+    if steps is not None:
+        kwargs["num_inference_steps"] = int(steps)
+    if guidance is not None:
+        kwargs["guidance_scale"] = float(guidance)
+    return kwargs
