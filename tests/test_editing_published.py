@@ -176,8 +176,14 @@ def test_magicbrush_and_emu_edit_tables(tmp_path):
     assert sorted(s["reason"] for s in loaded.skipped) == ["duplicate id (img_id, turn_index)", "missing target_img"]
     emu = [{"instruction": "make it snow", "image": img, "task": "global", "split": "test", "idx": 3,
             "hash": "h", "input_caption": "a road", "output_caption": "a snowy road"}]
+    emu += [dict(emu[0], instruction="again"), dict(emu[0], idx=4, instruction="  "),
+            dict(emu[0], idx=5, image=None)]
     pq.write_table(pa.Table.from_pylist(emu), tmp_path / "emu.parquet")
-    item = load_items(str(tmp_path / "emu.parquet")).items[0]
+    loaded = load_items(str(tmp_path / "emu.parquet"))
+    assert [i.id for i in loaded.items] == ["test-3"] and loaded.items[0].instruction == "make it snow"
+    assert [(s["id"], s["reason"]) for s in loaded.skipped] == \
+        [("test-3", "duplicate id (split, idx)"), ("test-4", "empty instruction"), ("test-5", "missing image")]
+    item = loaded.items[0]
     assert (item.id, item.edit_type, item.target, item.source_caption, item.target_caption) == \
         ("test-3", "global", None, "a road", "a snowy road")
     pq.write_table(pa.Table.from_pylist([{k: v for k, v in emu[0].items() if k != "output_caption"}]),

@@ -122,6 +122,25 @@ def test_texts_are_cached_and_the_trimmed_forward_equals_open_clip(enc):
         enc.encode_texts("a photo")
 
 
+def test_both_text_encoders_cache_a_text_by_its_xxh3_128():
+    """CLIP and Chinese-CLIP key a text as `text:` + xxh3-128 of its UTF-8 bytes (the project's
+    fingerprint, as for images) and forward each distinct text once."""
+    import xxhash
+
+    from nexus_gen.scoring.chinese_clip import load_chinese_clip
+
+    texts = ["a photo of a cat", "一只猫", "a photo of a cat"]
+    for load in (load_clip, load_chinese_clip):
+        cache = EmbeddingCache()
+        enc = load("tiny", cache=cache)
+        got = enc.encode_texts(texts)
+        assert enc.texts_forwarded == 2
+        for t, row in zip(texts, got):
+            cached = cache.get(enc.cache_key, "text:" + xxhash.xxh3_128_hexdigest(t.encode("utf-8")))
+            assert cached is not None, f"{load.__name__}: {t!r} not cached under its xxh3-128 key"
+            torch.testing.assert_close(cached, row)
+
+
 def test_bad_images_get_a_per_item_error_not_a_crashed_batch(enc, photos, tmp_path):
     trunc = tmp_path / "truncated.png"
     trunc.write_bytes(photos[0].read_bytes()[:200])

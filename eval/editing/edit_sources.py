@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from eval.editing.edit_items import (BenchmarkError, EditItem, Loaded, file_name, image_present,
                                      read_table, require_columns, table_files)
@@ -63,6 +63,26 @@ def _instruction(sample: dict[str, Any]) -> Optional[str]:
         users = [m.get("content", "") for m in sample.get("messages") or [] if m.get("role") == "user"]
         text = users[0].replace("<image>", "").strip() if users else None
     return text or None
+
+
+def _unique_rows(rows: list[dict[str, Any]], out: Loaded,
+                 id_fields: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A published table's rows with their id (`id_fields` values joined by `-`); a repeated id
+    is skipped, counted in `out`."""
+    seen: set[str] = set()
+    for r in rows:
+        rid = "-".join(str(r.get(f)) for f in id_fields)
+        if rid in seen:
+            out.skip(rid, f"duplicate id ({', '.join(id_fields)})")
+            continue
+        seen.add(rid)
+        yield rid, r
+
+
+def _table_instruction(row: dict[str, Any]) -> Optional[str]:
+    """A published row's instruction, or None when it is missing or blank."""
+    text = row.get("instruction")
+    return text if isinstance(text, str) and text.strip() else None
 
 
 def shard_items(path: Path, language: Optional[str] = "en", split: Optional[str] = None,
@@ -133,21 +153,16 @@ def magicbrush_items(path: Path) -> Loaded:
     rows, columns = read_table(path)
     require_columns(columns, MAGICBRUSH_COLUMNS, "MagicBrush", path)
     out = Loaded("magicbrush", [], source=str(path))
-    seen: set[str] = set()
-    for r in rows:
-        rid = f"{r.get('img_id')}-{r.get('turn_index')}"
-        if rid in seen:
-            out.skip(rid, "duplicate id (img_id, turn_index)")
-            continue
-        seen.add(rid)
+    for rid, r in _unique_rows(rows, out, ("img_id", "turn_index")):
         src, tgt = image_present(r.get("source_img"), path.parent), image_present(r.get("target_img"), path.parent)
         if src is None or tgt is None:
             out.skip(rid, "missing source_img" if src is None else "missing target_img")
             continue
-        if not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
+        instruction = _table_instruction(r)
+        if instruction is None:
             out.skip(rid, "empty instruction")
             continue
-        out.items.append(EditItem(id=rid, instruction=r["instruction"], source=src, target=tgt,
+        out.items.append(EditItem(id=rid, instruction=instruction, source=src, target=tgt,
                                   edit_type=f"turn-{r.get('turn_index')}", edited_path=_edited(rid),
                                   extra={"img_id": r.get("img_id"), "turn_index": r.get("turn_index")}))
     return out
@@ -160,22 +175,17 @@ def emu_edit_items(path: Path) -> Loaded:
     rows, columns = read_table(path)
     require_columns(columns, EMU_EDIT_COLUMNS, "Emu Edit", path)
     out = Loaded("emu-edit", [], source=str(path))
-    seen: set[str] = set()
-    for r in rows:
-        rid = f"{r.get('split')}-{r.get('idx')}"
-        if rid in seen:
-            out.skip(rid, "duplicate id (split, idx)")
-            continue
-        seen.add(rid)
+    for rid, r in _unique_rows(rows, out, ("split", "idx")):
         src = image_present(r.get("image"), path.parent)
         if src is None:
             out.skip(rid, "missing image")
             continue
-        if not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
+        instruction = _table_instruction(r)
+        if instruction is None:
             out.skip(rid, "empty instruction")
             continue
         out.items.append(EditItem(
-            id=rid, instruction=r["instruction"], source=src, edit_type=str(r.get("task") or "edit"),
+            id=rid, instruction=instruction, source=src, edit_type=str(r.get("task") or "edit"),
             source_caption=r.get("input_caption") or None, target_caption=r.get("output_caption") or None,
             edited_path=_edited(rid), extra={"hash": r.get("hash")}))
     return out

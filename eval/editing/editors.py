@@ -14,7 +14,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Optional, Protocol
 
 from PIL import Image
 
@@ -55,31 +55,19 @@ class InstructPix2PixEditor:
     def __init__(self, source: str | Path, model_id: Optional[str] = None, device: str = "cpu",
                  dtype: str = "float32", steps: Optional[int] = None, guidance: Optional[float] = None,
                  image_guidance: Optional[float] = None) -> None:
-        import torch
-        from diffusers import StableDiffusionInstructPix2PixPipeline
+        from nexus_gen.models.pipelines import load_pipeline
 
-        torch_dtype = getattr(torch, dtype, None)
-        if not isinstance(torch_dtype, torch.dtype):
-            raise ValueError(f"dtype {dtype!r} is not a torch dtype (use float32, float16, bfloat16)")
-        try:
-            pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(source), dtype=torch_dtype)
-        except (OSError, ValueError, EnvironmentError) as e:
-            raise ValueError(
-                f"cannot load InstructPix2Pix pipeline {str(source)!r}: not a pipeline folder and not "
-                f"in the Hugging Face cache or hub (offline?): {e}") from e
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe.to(device)
+        self.pipe = load_pipeline(source, "StableDiffusionInstructPix2PixPipeline", device=device,
+                                  dtype=dtype, what="InstructPix2Pix pipeline")
         self.model_id = model_id or str(source)
         self.steps, self.guidance, self.image_guidance = steps, guidance, image_guidance
 
     def edit(self, image: Image.Image, instruction: str, seed: int) -> Image.Image:
         import torch
 
-        kwargs: dict[str, Any] = {}
-        if self.steps is not None:
-            kwargs["num_inference_steps"] = int(self.steps)
-        if self.guidance is not None:
-            kwargs["guidance_scale"] = float(self.guidance)
+        from nexus_gen.models.pipelines import sampling_kwargs
+
+        kwargs = sampling_kwargs(self.steps, self.guidance)
         if self.image_guidance is not None:
             kwargs["image_guidance_scale"] = float(self.image_guidance)
         with torch.inference_mode():

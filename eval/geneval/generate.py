@@ -75,20 +75,9 @@ class DiffusersGenerator:
     def __init__(self, source: str | Path, model_id: Optional[str] = None, device: str = "cpu",
                  dtype: str = "float32", steps: Optional[int] = None, guidance: Optional[float] = None,
                  size: Optional[int] = None, threads: Optional[int] = None):
-        import torch
-        from diffusers import DiffusionPipeline
+        from nexus_gen.models.pipelines import load_pipeline
 
-        torch_dtype = getattr(torch, dtype, None)
-        if not isinstance(torch_dtype, torch.dtype):
-            raise ValueError(f"dtype {dtype!r} is not a torch dtype (use float32, float16, bfloat16)")
-        try:
-            pipe = DiffusionPipeline.from_pretrained(str(source), dtype=torch_dtype)
-        except (OSError, ValueError, EnvironmentError) as e:
-            raise ValueError(
-                f"cannot load diffusers pipeline {str(source)!r}: not a pipeline directory and not "
-                f"available from the Hugging Face cache or hub (offline?): {e}") from e
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe.to(device)
+        self.pipe = load_pipeline(source, device=device, dtype=dtype)
         self.model_id = model_id or str(source)
         self.steps, self.guidance, self.size = steps, guidance, size
         self.threads = threads  # CPU intra-op threads while generating (None: torch's setting)
@@ -96,11 +85,9 @@ class DiffusersGenerator:
     def generate(self, metadata: dict[str, Any], seeds: Sequence[int]) -> list[Image.Image]:
         import torch
 
-        kwargs: dict[str, Any] = {}
-        if self.steps is not None:
-            kwargs["num_inference_steps"] = int(self.steps)
-        if self.guidance is not None:
-            kwargs["guidance_scale"] = float(self.guidance)
+        from nexus_gen.models.pipelines import sampling_kwargs
+
+        kwargs = sampling_kwargs(self.steps, self.guidance)
         if self.size is not None:
             kwargs["height"] = kwargs["width"] = int(self.size)
         # CPU generators, one per image: the same latents on every device and in every batch shape.

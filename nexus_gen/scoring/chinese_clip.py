@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
-import xxhash
 
-from nexus_gen.scoring.dino import _weights_id
 from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
-from nexus_gen.scoring.hub import ModelUnavailableError, hub_files, quiet_progress
 from nexus_gen.scoring.image_encoder import ImageEncoderBase
+from nexus_gen.scoring.model_source import default_dtype, loading, resolve_source
+from nexus_gen.scoring.text_encoder import TextEncoderBase
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +37,7 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-class ChineseClipEncoder(ImageEncoderBase):
+class ChineseClipEncoder(ImageEncoderBase, TextEncoderBase):
     """A loaded Chinese-CLIP: batched, cached image and text embeddings (L2-normalised, fp32 cpu)."""
 
     clipscore_prefix = ""  # CLIPScore's "A photo depicts " is English: Chinese text goes as it is
@@ -65,41 +62,13 @@ class ChineseClipEncoder(ImageEncoderBase):
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         return _features(self.model.get_image_features(pixel_values=batch))
 
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """[N, D] L2-normalised float32 cpu text embeddings; distinct texts are encoded once and
-        cached by (model id, xxh3-128 of the text)."""
-        if isinstance(texts, str):
-            raise TypeError("encode_texts takes a list of strings, got one string")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"text {i} is {type(t).__name__}, not str: {t!r}")
-        keys = ["text:" + xxhash.xxh3_128_hexdigest(t.encode("utf-8")) for t in texts]
-        found = {}
-        todo: dict[str, str] = {}
-        for t, k in zip(texts, keys):
-            if k in found or k in todo:
-                continue
-            vec = self.cache.get(self.cache_key, k)
-            if vec is None:
-                todo[k] = t
-            else:
-                found[k] = vec
-        items = list(todo.items())
-        for s in range(0, len(items), batch_size):
-            part = items[s:s + batch_size]
-            tok = self.processor.tokenizer([t for _, t in part], padding=True, truncation=True,
+    def _text_features(self, texts: list[str], batch_size: int):
+        for s in range(0, len(texts), batch_size):
+            tok = self.processor.tokenizer(texts[s:s + batch_size], padding=True, truncation=True,
                                            max_length=self.max_length, return_tensors="pt")
             with torch.inference_mode():
-                feats = _features(self.model.get_text_features(**{k: v.to(self.device) for k, v in tok.items()}))
-            feats = F.normalize(feats.float(), dim=-1).cpu()
-            self.texts_forwarded += len(part)
-            for (k, _), vec in zip(part, feats):
-                found[k] = vec
-                self.cache.put(self.cache_key, k, vec)
-        if not texts:
-            return torch.empty(0, self.embed_dim)
-        return torch.stack([found[k] for k in keys])
+                out = self.model.get_text_features(**{k: v.to(self.device) for k, v in tok.items()})
+            yield list(range(s, min(s + batch_size, len(texts)))), _features(out)
 
 
 def load_chinese_clip(spec: str = DEFAULT, *, device: Union[str, torch.device] = "cpu",
@@ -109,34 +78,17 @@ def load_chinese_clip(spec: str = DEFAULT, *, device: Union[str, torch.device] =
     already be cached, else `ModelUnavailableError` at once)."""
     from transformers import ChineseCLIPModel, ChineseCLIPProcessor
 
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"Chinese-CLIP spec must be a non-empty string, got {spec!r}")
-    device = torch.device(device)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if spec == "tiny":
-        from nexus_gen.models.tiny import tiny_chinese_clip_dir
+    from nexus_gen.models.tiny import tiny_chinese_clip_dir
 
-        source: Union[str, Path] = tiny_chinese_clip_dir()
-        model_id = f"chinese-clip-tiny@sha256:{_weights_id(Path(source))}"
-    elif Path(spec).expanduser().is_dir():
-        source = Path(spec).expanduser().resolve()
-        model_id = f"{source.name}@sha256:{_weights_id(source)}"
-    else:
-        source = model_id = PROFILES.get(spec, spec)
+    source, model_id = resolve_source("Chinese-CLIP", spec, PROFILES, tiny_chinese_clip_dir,
+                                      "chinese-clip-tiny")
+    device = torch.device(device)
+    dtype = dtype if dtype is not None else default_dtype(device)
     fix = ("pass --clip-zh tiny (offline, random weights) or a local save_pretrained folder, or "
            "run once online to fill the cache")
-    try:
-        import contextlib
-
-        guard = hub_files(f"Chinese-CLIP {spec!r}", source, ["config.json"], fix) \
-            if isinstance(source, str) else contextlib.nullcontext()
-        with guard, quiet_progress():
-            model = ChineseCLIPModel.from_pretrained(str(source))
-            processor = ChineseCLIPProcessor.from_pretrained(str(source))
-    except (OSError, ValueError) as exc:
-        why = " ".join(str(exc).split())
-        raise ModelUnavailableError(f"cannot load Chinese-CLIP {spec!r} ({source}): {why}; {fix}") from exc
+    with loading("Chinese-CLIP", spec, source, fix):
+        model = ChineseCLIPModel.from_pretrained(str(source))
+        processor = ChineseCLIPProcessor.from_pretrained(str(source))
     model.eval().requires_grad_(False)
     model.to(device=device, dtype=dtype)
     enc = ChineseClipEncoder(model, processor, str(model_id), device, dtype, cache)

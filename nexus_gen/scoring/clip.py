@@ -7,21 +7,21 @@ openai), `paper` (ViT-L-14-quickgelu, openai: what GenEval and InstructPix2Pix u
 OpenAI's CLIP weights were trained with QuickGELU, so a tag that says so always gets QuickGELU."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 
 from nexus_gen.hashing import file_sha256
 from nexus_gen.scoring.clip_profiles import expand_profile
 from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
 from nexus_gen.scoring.hub import ModelUnavailableError, hub_files
 from nexus_gen.scoring.image_encoder import ImageEncoderBase
+from nexus_gen.scoring.model_source import default_dtype
+from nexus_gen.scoring.text_encoder import TextEncoderBase
 
 __all__ = ["ClipEncoder", "ClipSpec", "ModelUnavailableError", "load_clip", "resolve_clip_spec"]
 
@@ -111,7 +111,7 @@ def _model_id(spec: ClipSpec) -> str:
     return spec.model_name
 
 
-class ClipEncoder(ImageEncoderBase):
+class ClipEncoder(ImageEncoderBase, TextEncoderBase):
     """A loaded CLIP model: batched, cached image and text embeddings (L2-normalised, fp32 cpu)."""
 
     def __init__(self, model: torch.nn.Module, preprocess, tokenizer, model_id: str,
@@ -158,43 +158,14 @@ class ClipEncoder(ImageEncoderBase):
                 else x @ m.text_projection
         return x
 
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """[N, D] L2-normalised float32 cpu text embeddings; distinct texts are encoded once and
-        cached by (model id, sha256 of the text)."""
-        if isinstance(texts, str):
-            raise TypeError("encode_texts takes a list of strings, got one string")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"text {i} is {type(t).__name__}, not str: {t!r}")
-        keys = [hashlib.sha256(("text:" + t).encode("utf-8")).hexdigest() for t in texts]
-        found: dict[str, torch.Tensor] = {}
-        todo: dict[str, str] = {}
-        for t, k in zip(texts, keys):
-            if k in found or k in todo:
-                continue
-            vec = self.cache.get(self.cache_key, k)
-            if vec is None:
-                todo[k] = t
-            else:
-                found[k] = vec
-        if todo:
-            items = list(todo.items())
-            tokens = self.tokenizer([t for _, t in items])
-            # group texts of similar length so trimmed batches carry little padding
-            order = sorted(range(len(items)), key=lambda i: int((tokens[i] != 0).sum()))
-            for s in range(0, len(order), batch_size):
-                sel = order[s:s + batch_size]
-                with torch.inference_mode():
-                    feats = self._encode_tokens(tokens[sel].to(self.device))
-                feats = F.normalize(feats.float(), dim=-1).cpu()
-                self.texts_forwarded += len(sel)
-                for j, vec in zip(sel, feats):
-                    found[items[j][0]] = vec
-                    self.cache.put(self.cache_key, items[j][0], vec)
-        if not texts:
-            return torch.empty(0, self.embed_dim)
-        return torch.stack([found[k] for k in keys])
+    def _text_features(self, texts: list[str], batch_size: int):
+        tokens = self.tokenizer(texts)
+        # group texts of similar length so trimmed batches carry little padding
+        order = sorted(range(len(texts)), key=lambda i: int((tokens[i] != 0).sum()))
+        for s in range(0, len(order), batch_size):
+            sel = order[s:s + batch_size]
+            with torch.inference_mode():
+                yield sel, self._encode_tokens(tokens[sel].to(self.device))
 
 
 def _is_plain_clip(model: torch.nn.Module) -> bool:
@@ -231,8 +202,7 @@ def load_clip(spec: str = "small", *, device: Union[str, torch.device] = "cpu",
     import open_clip
 
     device = torch.device(device)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = dtype if dtype is not None else default_dtype(device)
     rs = resolve_clip_spec(spec)
     kwargs = dict(pretrained=rs.pretrained, force_quick_gelu=rs.force_quick_gelu)
     fix = (f"use the offline 'tiny' profile, pass '{rs.model_name.split(':')[0]}:/path/weights.safetensors' "

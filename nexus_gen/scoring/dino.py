@@ -7,18 +7,14 @@ to the model's input size, ImageNet mean/std. Features are the final-layernorm C
 returned L2-normalised (so the DINO score is a dot product)."""
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
-from nexus_gen.hashing import update_from_file
 from nexus_gen.scoring.embedding_cache import EmbeddingCache, default_cache
-from nexus_gen.scoring.hub import ModelUnavailableError, hub_files, quiet_progress
 from nexus_gen.scoring.image_encoder import ImageEncoderBase
+from nexus_gen.scoring.model_source import default_dtype, loading, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -57,45 +53,21 @@ class DinoEncoder(ImageEncoderBase):
         return self.model(pixel_values=batch).last_hidden_state[:, 0]
 
 
-def _weights_id(path: Path) -> str:
-    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-    h = hashlib.sha256()
-    for f in files:
-        update_from_file(h, f)
-    return h.hexdigest()[:16] if files else "no-weights"
-
-
 def load_dino(spec: str = "paper", *, device: Union[str, torch.device] = "cpu",
               dtype: Optional[torch.dtype] = None, cache: Optional[EmbeddingCache] = None) -> DinoEncoder:
     """Load a DINO encoder: `tiny`, `paper`, a hub id or a local directory (offline: the hub id
     must already be in the local cache, else `ModelUnavailableError`)."""
     from transformers import ViTModel
 
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"DINO spec must be a non-empty string, got {spec!r}")
-    device = torch.device(device)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if spec == "tiny":
-        from nexus_gen.models.tiny import tiny_dino_dir
+    from nexus_gen.models.tiny import tiny_dino_dir
 
-        source = tiny_dino_dir()
-        model_id = f"dino-tiny@sha256:{_weights_id(source)}"
-    elif Path(spec).expanduser().is_dir():
-        source = Path(spec).expanduser().resolve()
-        model_id = f"{source.name}@sha256:{_weights_id(source)}"
-    else:
-        source = model_id = PROFILES.get(spec, spec)
+    source, model_id = resolve_source("DINO", spec, PROFILES, tiny_dino_dir, "dino-tiny")
+    device = torch.device(device)
+    dtype = dtype if dtype is not None else default_dtype(device)
     fix = ("use the offline 'tiny' profile, pass a local folder saved with save_pretrained, or "
            "run once online to fill the cache")
-    guard = hub_files(f"DINO {spec!r}", str(source), ["config.json"], fix) \
-        if isinstance(source, str) else contextlib.nullcontext()
-    try:
-        with guard, quiet_progress():
-            model = ViTModel.from_pretrained(str(source), add_pooling_layer=False)
-    except (OSError, ValueError) as exc:
-        why = " ".join(str(exc).split())
-        raise ModelUnavailableError(f"cannot load DINO {spec!r} ({source}): {why}; {fix}") from exc
+    with loading("DINO", spec, source, fix):
+        model = ViTModel.from_pretrained(str(source), add_pooling_layer=False)
     model.eval().requires_grad_(False)
     model.to(device=device, dtype=dtype)
     if device.type == "cuda":
