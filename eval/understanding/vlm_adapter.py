@@ -38,7 +38,6 @@ class TransformersVLM:
 
     def __init__(self, model_id: str, device: str = "cpu", dtype: str = "float32",
                  max_new_tokens: int = 16) -> None:
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.name = model_id
@@ -47,10 +46,12 @@ class TransformersVLM:
             from nexus_gen.models.tiny import tiny_vlm_dir
 
             path = str(tiny_vlm_dir())
+        from nexus_gen.models.pipelines import torch_dtype as named_dtype
+
         try:
-            torch_dtype = getattr(torch, dtype)
-        except AttributeError:
-            raise ValueError(f"--dtype {dtype!r} is not a torch dtype (e.g. float32, bfloat16)") from None
+            torch_dtype = named_dtype(dtype)
+        except ValueError as exc:
+            raise ValueError(f"--{exc}") from None
         try:
             self.processor = AutoProcessor.from_pretrained(path)
             self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)

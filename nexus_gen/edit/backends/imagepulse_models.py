@@ -180,11 +180,11 @@ def check(r: Resolved) -> Optional[str]:
 
 def torch_dtype(name: str, device: str):
     """The recipe's dtype: `auto` is bfloat16 on CUDA and float32 elsewhere."""
-    import torch
+    from nexus_gen.models.pipelines import torch_dtype as named_dtype
 
     if name == "auto":
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    return getattr(torch, name)
+        return named_dtype("bfloat16" if str(device).startswith("cuda") else "float32")
+    return named_dtype(name)
 
 
 def cached(role: str, r: Resolved, device: str, dtype: str, load: Callable[[], Any]) -> Any:
