@@ -41,7 +41,10 @@ def triplet_grid(triplets_dir: Union[str, Path], n: int = 8) -> bytes:
         y = PAD + i * (TILE + TEXT_H + PAD)
         for j, key in enumerate(("source_image", "target_image", "mask")):
             im = Image.open(io.BytesIO(r[key]["bytes"])).convert("RGB").resize((TILE, TILE))
-            sheet.paste(im, (PAD + j * (TILE + PAD), y))
+            x = PAD + j * (TILE + PAD)
+            sheet.paste(im, (x, y))
+            # a frame, so a mask's white parts do not melt into the white page
+            draw.rectangle((x - 1, y - 1, x + TILE, y + TILE), outline="grey")
         text = "\n".join(textwrap.wrap(f"[{r['edit_type']}] {r['instruction']}", 64)[:2])
         draw.text((PAD, y + TILE + 2), text, fill="black", font=font)
     buf = io.BytesIO()
