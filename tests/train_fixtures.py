@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 from PIL import Image
 
 from nexus_gen.data.shards import ShardWriter
+
+torch.set_num_threads(1)  # the training tests share two cores with other work
 
 TOY_STAGE = "toy=train_toy_stage:ToyStage"
 TESTS = Path(__file__).resolve().parent
