@@ -11,7 +11,7 @@ from typing import Optional  # noqa: E402
 import typer  # noqa: E402
 
 from flows import (cli_build, cli_data, cli_demo, cli_editing, cli_eval, cli_scenes,  # noqa: E402
-                   cli_scoring, cli_select, cli_understanding)
+                   cli_scoring, cli_select, cli_train, cli_understanding)
 
 app = typer.Typer(
     name="nexus-gen",
@@ -53,6 +53,7 @@ cli_editing.register(cli_eval.app)
 app.add_typer(cli_eval.app, name="eval")
 cli_eval.register_report(app)
 cli_demo.register(app)
+cli_train.register(app)
 
 
 def main() -> None:

@@ -174,25 +174,48 @@ def _check_output(out: Path, resume: bool) -> Optional[Path]:
     return None
 
 
-def train(cfg: TrainConfig, output_dir: Union[str, Path, None] = None, resume: bool = False,
-          progress: bool = False, on_step: Optional[Callable[[int, dict[str, Any]], None]] = None) -> dict[str, Any]:
-    """Train `cfg`'s stage into `output_dir` (else the config's `output_dir`); returns the run
-    record. Everything that can be checked is checked before the model is built."""
-    t0 = time.time()
-    out = Path(output_dir or cfg.output_dir or "")
+@dataclass
+class Preflight:
+    """What is known before any training work: the output folder, the checkpoint to resume from
+    (already checked against the config), the data index and the number of steps."""
+    out: Path
+    resume_from: Optional[Path]
+    index: Any
+    steps: int
+    config_hash: str
+    world: int
+
+
+def preflight(cfg: TrainConfig, output_dir: Union[str, Path, None] = None, resume: bool = False) -> Preflight:
+    """Every check that needs no model: the output folder (a run there needs --resume), the
+    checkpoint's config, the shards hold samples of the stage's tasks, the stage's `check_data`.
+    Raises TrainError, CheckpointMismatch, NoStageSamples or the stage's ValueError."""
     if not str(output_dir or cfg.output_dir or ""):
         raise TrainError("no output folder: give -o DIR or output_dir in the config")
+    out = Path(output_dir or cfg.output_dir or "")
     env = dist_env()
     stage = cfg.stage_obj()
-    t = cfg.train
-    # checks that need no model: the output folder, the checkpoint's config, the data
     resume_from = _check_output(out, resume)
     config_hash = cfg.config_hash(env.world)
     if resume_from is not None:
         ckpt.check_compatible(ckpt.read_state(resume_from), config_hash, cfg.hashed_fields(env.world), resume_from)
     index = scan_tasks([Path(f) for f in cfg.data.shard_list()], stage.tasks, stage.name)
+    if index.total < env.world:
+        raise TrainError(f"{index.total} samples of the stage's tasks cannot be split across {env.world} processes")
     stage.check_data(first_sample(index))
-    steps = total_steps(cfg, index.total, env.world)
+    return Preflight(out, resume_from, index, total_steps(cfg, index.total, env.world), config_hash, env.world)
+
+
+def train(cfg: TrainConfig, output_dir: Union[str, Path, None] = None, resume: bool = False,
+          progress: bool = False, on_step: Optional[Callable[[int, dict[str, Any]], None]] = None) -> dict[str, Any]:
+    """Train `cfg`'s stage into `output_dir` (else the config's `output_dir`); returns the run
+    record. Everything that can be checked is checked (`preflight`) before the model is built."""
+    t0 = time.time()
+    pre = preflight(cfg, output_dir, resume)
+    out, resume_from, index, steps, config_hash = pre.out, pre.resume_from, pre.index, pre.steps, pre.config_hash
+    env = dist_env()
+    stage = cfg.stage_obj()
+    t = cfg.train
     device = _device(t.device, env)
     precision = t.precision
     if precision == "bf16" and device.type != "cuda":
