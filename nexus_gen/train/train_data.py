@@ -5,7 +5,8 @@ Order: each epoch permutes the row groups holding the stage's tasks (seed, epoch
 `window` at a time (memory: a window of row groups, never the dataset) and permutes the rows of a
 window (seed, epoch, window). This defines one global sequence per epoch; rank r of w takes its
 elements r, r + w, r + 2w, ... (disjoint slices; a global batch of batch x world x accum is the
-same set of samples whatever the world size). A rank's position is (epoch, samples consumed); the
+same set of samples whatever the world size, as long as the stage skips none: a rank that skips a
+sample takes the next of its own slice). A rank's position is (epoch, samples consumed); the
 task column scanned before training gives each row group's count, so a resume reads only the
 window holding the next sample, never the data before it."""
 from __future__ import annotations
