@@ -72,9 +72,10 @@ def test_missing_shards(tmp_path, shards):
     assert "has no `validation-*.parquet` shards" in msg and "set data.split" in msg
 
 
-def test_relative_shards_resolve_against_the_config_file(tmp_path, shards):
-    rel = Path("..") / shards.parent.name / shards.name
-    cfg = load_train_config(write_config(shards.parent.parent / "cfgs" / "c.yaml", toy_config(str(rel))))
+def test_relative_shards_resolve_against_the_current_folder(tmp_path, shards, monkeypatch):
+    monkeypatch.chdir(shards.parent)
+    cfg = load_train_config(write_config(tmp_path / "cfgs" / "c.yaml", toy_config(shards.name)))
+    assert all(Path(p).is_absolute() and Path(p).parent == shards for p in cfg.data.shard_list())
     assert [Path(p).name for p in cfg.data.shard_list()] == sorted(p.name for p in shards.glob("train-*.parquet"))
 
 

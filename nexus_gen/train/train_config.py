@@ -115,7 +115,6 @@ class TrainConfig(_Strict):
     log: LogSection = Field(default_factory=LogSection)
     output_dir: Optional[str] = None
     _stage: Optional[TrainStage] = PrivateAttr(None)
-    _base: Optional[Path] = PrivateAttr(None)
 
     @field_validator("stage")
     @classmethod
@@ -169,19 +168,18 @@ def _explain(exc: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
-def config_from_dict(data: Any, where: str = "<train config>", base: Optional[Path] = None) -> TrainConfig:
-    """Validate a parsed config and build its stage (the stage checks `model:` and `data:`);
-    relative shard paths resolve against `base`. Raises `TrainConfigError`."""
+def config_from_dict(data: Any, where: str = "<train config>") -> TrainConfig:
+    """Validate a parsed config and build its stage (the stage checks `model:` and `data:`).
+    Relative paths (shards, and the stage's own: models, embedding stores) are relative to the
+    current folder. Raises `TrainConfigError`."""
     if not isinstance(data, dict):
         raise TrainConfigError(f"{where}: a train config must be a mapping, got {type(data).__name__}")
     try:
         cfg = TrainConfig.model_validate(data)
     except ValidationError as exc:
         raise TrainConfigError(_explain(exc, where)) from None
-    if base is not None:
-        cfg.data.shards = [s if Path(s).is_absolute() else str(base / s) for s in cfg.data.shard_list()]
     try:
-        cfg.data.shards = [str(f) for f in resolve_shards(cfg.data.shard_list(), cfg.data.split)]
+        cfg.data.shards = [str(f.resolve()) for f in resolve_shards(cfg.data.shard_list(), cfg.data.split)]
     except FileNotFoundError as exc:
         raise TrainConfigError(f"{where}: data.shards: {exc}") from None
     try:
@@ -215,4 +213,4 @@ def load_train_config(path: Union[str, Path], overrides: Optional[dict[str, Any]
             node[leaf] = value
             if dotted == "train.max_steps":
                 data.get("train", {}).pop("epochs", None)  # --max-steps replaces epochs
-    return config_from_dict(data, str(path), base=path.parent.resolve())
+    return config_from_dict(data, str(path))
