@@ -193,6 +193,11 @@ def preflight(cfg: TrainConfig, output_dir: Union[str, Path, None] = None, resum
     if not str(output_dir or cfg.output_dir or ""):
         raise TrainError("no output folder: give -o DIR or output_dir in the config")
     out = Path(output_dir or cfg.output_dir or "")
+    for var, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(var, "").lower() in ("1", "true"):
+            raise TrainError(f"launched with an accelerate {what} config ({var}): this loop runs DDP and would "
+                             f"not shard the model; launch it with a multi-GPU (DDP) config or torchrun, or train "
+                             f"through the reference trainers (README, 'Training')")
     env = dist_env()
     stage = cfg.stage_obj()
     resume_from = _check_output(out, resume)
