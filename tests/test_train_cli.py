@@ -6,16 +6,11 @@ import json
 
 import pytest
 from typer.testing import CliRunner
-from train_fixtures import register_toy, toy_config, write_config, write_toy_shards
+from train_fixtures import toy_stage, toy_config, write_config, write_toy_shards  # noqa: F401 (toy_stage: an autouse fixture)
 
 from flows.cli import app
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _toy(monkeypatch):
-    register_toy(monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from train_fixtures import register_toy, toy_config, write_config, write_toy_shards
+from train_fixtures import toy_stage, toy_config, write_config, write_toy_shards  # noqa: F401 (toy_stage: an autouse fixture)
 
 from nexus_gen.train import stages
 from nexus_gen.train.train_config import TrainConfigError, config_from_dict, load_train_config
@@ -14,11 +14,6 @@ from nexus_gen.train.train_config import TrainConfigError, config_from_dict, loa
 @pytest.fixture
 def shards(tmp_path_factory) -> Path:
     return write_toy_shards(tmp_path_factory.mktemp("cfg") / "data", editing=8, other=4)
-
-
-@pytest.fixture(autouse=True)
-def _toy(monkeypatch):
-    register_toy(monkeypatch)
 
 
 def _error(tmp_path: Path, cfg: dict) -> str:

@@ -11,18 +11,13 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from train_fixtures import register_toy, toy_config, write_toy_shards
+from train_fixtures import toy_stage, toy_config, write_toy_shards  # noqa: F401 (toy_stage: an autouse fixture)
 
 from nexus_gen.train.train_checkpoint import CheckpointMismatch, checkpoints
 from nexus_gen.train.train_config import config_from_dict
 from nexus_gen.train.train_data import ExampleStream, NoStageSamples, SampleStream, scan_tasks
 from nexus_gen.train.train_loop import NonFiniteLoss, TrainError, lr_factor, train
 from nexus_gen.train.train_metrics import read_metrics
-
-
-@pytest.fixture(autouse=True)
-def _toy(monkeypatch):
-    register_toy(monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from PIL import Image
@@ -84,3 +85,9 @@ def register_toy(monkeypatch: Any) -> None:
     monkeypatch.setenv("NEXUS_GEN_TRAIN_STAGES", TOY_STAGE)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(TESTS.parent),
                                                       os.environ.get("PYTHONPATH", "")]))
+
+
+@pytest.fixture(autouse=True)
+def toy_stage(monkeypatch: Any) -> None:
+    """Autouse in the modules that import it: the toy stage is registered for each test."""
+    register_toy(monkeypatch)
