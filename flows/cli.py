@@ -10,8 +10,9 @@ from typing import Optional  # noqa: E402
 
 import typer  # noqa: E402
 
+from flows import cli_train  # noqa: E402
 from flows import (cli_build, cli_data, cli_demo, cli_editing, cli_eval, cli_scenes,  # noqa: E402
-                   cli_scoring, cli_select, cli_train, cli_understanding)
+                   cli_scoring, cli_select, cli_understanding)
 
 app = typer.Typer(
     name="nexus-gen",
@@ -45,6 +46,7 @@ def _root(
 
 cli_data.register(app)
 cli_build.register(app)
+cli_train.register(app)
 cli_select.register(app)
 cli_scoring.register(app)
 app.add_typer(cli_scenes.app, name="scenes")
@@ -53,7 +55,6 @@ cli_editing.register(cli_eval.app)
 app.add_typer(cli_eval.app, name="eval")
 cli_eval.register_report(app)
 cli_demo.register(app)
-cli_train.register(app)
 
 
 def main() -> None:
