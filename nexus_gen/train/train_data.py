@@ -163,7 +163,8 @@ class SampleStream:
 
 class ExampleStream:
     """A stage's examples from a `SampleStream`: `example()` reasons are counted per reason
-    (and logged the first time each is seen), never dropped silently."""
+    (and logged the first time each is seen), never dropped silently. A reason that names the
+    sample's id is counted with the id replaced by `<id>`."""
 
     def __init__(self, samples: SampleStream, stage: Any, counts: Optional[dict[str, Any]] = None) -> None:
         self.samples, self.stage = samples, stage
@@ -193,6 +194,8 @@ class ExampleStream:
             sample = next(self._it)
             ex = self.stage.example(sample)
             if isinstance(ex, str):
+                if sample.get("id"):  # one count per kind of reason, not per sample
+                    ex = ex.replace(str(sample["id"]), "<id>")
                 if ex not in self.skipped_by_reason:
                     log.warning("stage %s skips sample %s: %s (counted per reason)",
                                 getattr(self.stage, "name", "?"), sample.get("id"), ex)
