@@ -190,3 +190,29 @@ def test_epochs_set_the_number_of_steps(tmp_path, shards):
     cfg = config_from_dict(toy_config(shards, train={"max_steps": None, "epochs": 0.5, "batch_size": 3}))
     rec = train(cfg, tmp_path / "run")
     assert rec["max_steps"] == math.ceil(0.5 * 40 / 3) == rec["step"]
+
+
+def test_bf16_on_cpu_falls_back_to_fp32_and_says_so(tmp_path, shards, caplog):
+    cfg = config_from_dict(toy_config(shards, train={"max_steps": 2, "precision": "bf16", "device": "cpu"}))
+    ref = config_from_dict(toy_config(shards, train={"max_steps": 2}))
+    with caplog.at_level("WARNING", logger="nexus_gen.train.train_loop"):
+        rec = train(cfg, tmp_path / "bf16")
+    assert rec["precision"] == "fp32" and "autocast is used on CUDA only" in caplog.text
+    train(ref, tmp_path / "fp32")
+    assert _losses(tmp_path / "bf16") == _losses(tmp_path / "fp32")  # the same fp32 computation
+
+
+def test_gradient_checkpointing_is_switched_on_or_refused(tmp_path, shards, monkeypatch):
+    import train_toy_stage
+
+    seen = []
+    real = train_toy_stage.ToyNet.gradient_checkpointing_enable
+    monkeypatch.setattr(train_toy_stage.ToyNet, "gradient_checkpointing_enable",
+                        lambda self, **kw: seen.append(kw) or real(self, **kw))
+    train(config_from_dict(toy_config(shards, train={"max_steps": 1, "gradient_checkpointing": True})), tmp_path / "a")
+    assert seen == [{"gradient_checkpointing_kwargs": {"use_reentrant": False}}]
+    monkeypatch.delattr(train_toy_stage.ToyNet, "gradient_checkpointing_enable")
+    with pytest.raises(TrainError, match="train.gradient_checkpointing: the toy model \\(ToyNet\\) has no "
+                                         "gradient_checkpointing_enable\\(\\); set it to false"):
+        train(config_from_dict(toy_config(shards, train={"max_steps": 1, "gradient_checkpointing": True})),
+              tmp_path / "b")
