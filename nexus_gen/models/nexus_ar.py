@@ -269,19 +269,14 @@ class NexusGenAR(Qwen2_5_VLForConditionalGeneration):
         """Load a NexusGenAR folder (or a stock Qwen2.5-VL one: the two heads then start from
         `HEAD_SEED`, logged) and attach its processor when the folder has one."""
         want_info = kwargs.pop("output_loading_info", False)
-        try:
-            model, info = super().from_pretrained(pretrained_model_name_or_path, *args,
-                                                   output_loading_info=True, **kwargs)
-        except RuntimeError as e:
-            if "size mismatch" in str(e) or "shape" in str(e):
-                first = str(e).strip().splitlines()[0]
-                raise ValueError(f"{pretrained_model_name_or_path}: a checkpoint from another config "
-                                 f"({first})") from None
-            raise
-        mismatched = info.get("mismatched_keys") or []
-        if mismatched:
+        strict = not kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                               ignore_mismatched_sizes=True, **kwargs)
+        mismatched = [k[0] if isinstance(k, tuple) else k for k in (info.get("mismatched_keys") or [])]
+        if mismatched and strict:
             raise ValueError(f"{pretrained_model_name_or_path}: a checkpoint from another config: "
-                             f"{list(mismatched)[:3]} do not have the shapes of its config.json")
+                             f"{sorted(mismatched)[:3]} do not have the shapes its config.json (or the "
+                             "given config) implies")
         missing = set(info.get("missing_keys") or [])
         heads = [k for k in ("vision_head.weight", "image_prefill_embeds.weight") if k in missing]
         if heads:
