@@ -30,5 +30,5 @@ def tiny_ar():
     from nexus_gen.models.nexus_ar import NexusGenAR
     from nexus_gen.models.tiny.ar_tiny import tiny_ar_dir
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     return NexusGenAR.from_pretrained(tiny_ar_dir()).eval()

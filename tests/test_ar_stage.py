@@ -61,7 +61,7 @@ def test_freezing_and_lora_targets():
 @pytest.mark.slow  # ~20 AdamW steps of the tiny AR on CPU
 def test_loss_falls_and_save_loads_back(tmp_path):
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     st = ARStage({"path": "tiny"}, {})
     samples, exs = _examples(st)
     by_task = {}
