@@ -225,3 +225,15 @@ def test_understanding_answer_runs():
     m = tiny_ar()
     ans = m.answer(_img((200, 0, 0)), "What colour is the square? Please answer yes or no.", max_new_tokens=4)
     assert isinstance(ans, str)
+
+
+def test_tiny_ar_build_is_byte_identical_across_caches(tmp_path, monkeypatch):
+    from nexus_gen.models.tiny.ar_tiny import tiny_ar_dir
+
+    digests = []
+    for k in range(2):
+        monkeypatch.setenv("NEXUS_GEN_CACHE", str(tmp_path / f"c{k}"))
+        d = tiny_ar_dir()
+        digests.append({p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()})
+    assert digests[0] == digests[1]
+    assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= set(digests[0])
