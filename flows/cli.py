@@ -13,6 +13,7 @@ import typer  # noqa: E402
 from flows import cli_train  # noqa: E402
 from flows import (cli_build, cli_data, cli_demo, cli_editing, cli_eval, cli_scenes,  # noqa: E402
                    cli_scoring, cli_select, cli_understanding)
+from flows import cli_precompute  # noqa: E402
 
 app = typer.Typer(
     name="nexus-gen",
@@ -55,6 +56,7 @@ cli_editing.register(cli_eval.app)
 app.add_typer(cli_eval.app, name="eval")
 cli_eval.register_report(app)
 cli_demo.register(app)
+cli_precompute.register(app)
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ def write_embedding_shard(path: Union[str, Path], items: Mapping[str, Mapping[st
                           meta: Optional[Mapping[str, str]] = None) -> Path:
     """Write `{sample_id: {kind: tensor}}` to `path` atomically (temporary name, then rename).
     Tensors are stored contiguous on CPU in their own dtype; `meta` goes to the file's metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
@@ -44,9 +44,19 @@ def write_embedding_shard(path: Union[str, Path], items: Mapping[str, Mapping[st
     header.update(format=STORE_FORMAT, ids=json.dumps(list(items)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=header)
+    tmp.write_bytes(_sorted_header(save(tensors, metadata=header)))
     os.replace(tmp, path)
     return path
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """safetensors bytes with the JSON header's keys sorted: the library writes its metadata map
+    in a random order, so the same tensors and metadata would give different bytes each time."""
+    n = int.from_bytes(data[:8], "little")
+    head = json.loads(data[8:8 + n])
+    text = json.dumps(head, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header with spaces to 8 bytes
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def shard_ids(path: Union[str, Path]) -> list[str]:

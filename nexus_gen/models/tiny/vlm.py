@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -44,15 +45,17 @@ _CORPUS = ["You are a helpful assistant.", "Please answer yes or no.", "yes no Y
            "Where is the green triangle relative to the purple diamond? left of right of above below"]
 
 
-def _tokenizer():
+def qwen_tokenizer(corpus: Sequence[str] = tuple(_CORPUS), vocab_size: int = 512):
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `corpus`, with Qwen2.5-VL's special
+    tokens at their real ids."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_CORPUS, trainer)
+    tok.train_from_iterator(list(corpus), trainer)
     spec = json.loads(tok.to_str())
     # Added tokens take the model-vocab id of the same token: put them there, at Qwen's ids.
     for k, s in enumerate(QWEN_SPECIAL_TOKENS):
@@ -68,7 +71,7 @@ def _build_vlm(out: Path) -> None:
                               Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
                               Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_tokenizer(), eos_token="<|im_end|>",
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=qwen_tokenizer(), eos_token="<|im_end|>",
                                         pad_token="<|endoftext|>")
     tokenizer.padding_side = "left"
     processor = Qwen2_5_VLProcessor(
