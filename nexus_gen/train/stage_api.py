@@ -22,6 +22,9 @@ class TrainStage(abc.ABC):
     name: ClassVar[str]               # "ar" | "gen-decoder" | "edit-decoder"
     tasks: ClassVar[tuple[str, ...]]  # unified-sample tasks it learns from ("editing", ...)
     lora_targets: ClassVar[tuple[str, ...]] = ()  # default module names for LoRA (peft)
+    # Modules trained in full beside the LoRA adapters: the parts the base model does not have
+    # (new heads, adapters), which a low-rank update of nothing cannot learn.
+    lora_full_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model_cfg: dict[str, Any], data_cfg: dict[str, Any]) -> None:
         self.model_cfg = dict(model_cfg)

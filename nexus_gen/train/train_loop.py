@@ -126,8 +126,9 @@ def _apply_lora(cfg: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
     if absent:
         raise TrainError(f"train.lora.targets: {absent} name no module of the {cfg.stage} model "
                          f"(module names end in e.g. {sorted(names - {''})[:8]})")
+    full = list(cfg.stage_obj().lora_full_modules) or None
     return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                            target_modules=targets))
+                                            target_modules=targets, modules_to_save=full))
 
 
 def _enable_checkpointing(model: torch.nn.Module, stage: str) -> None:
