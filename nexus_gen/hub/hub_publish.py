@@ -267,6 +267,11 @@ def plan_upload(files: list[LocalFile], remote: dict[str, RemoteFile], opts: Pub
     return plan
 
 
+def _oneline(exc: BaseException, secret: Optional[str]) -> str:
+    """`Type: message` on one line (HTTP errors span several), without a trailing period."""
+    return redact(" ".join(f"{type(exc).__name__}: {exc}".split()).rstrip("."), secret)
+
+
 def _retrying(call: Callable[[], Any], what: str, opts: PublishOptions, secret: Optional[str],
               sleep: Callable[[float], None]) -> Any:
     for attempt in range(opts.retries + 1):
@@ -276,7 +281,7 @@ def _retrying(call: Callable[[], Any], what: str, opts: PublishOptions, secret: 
             if attempt >= opts.retries or not is_transient(exc):
                 raise
             delay = min(opts.retry_max_seconds, opts.retry_base_seconds * 2 ** attempt)
-            log.warning("%s failed (%s); retry %d of %d in %.1f s", what, redact(f"{type(exc).__name__}: {exc}", secret),
+            log.warning("%s failed (%s); retry %d of %d in %.1f s", what, _oneline(exc, secret),
                         attempt + 1, opts.retries, delay)
             sleep(delay)
     raise AssertionError("unreachable")
@@ -328,7 +333,7 @@ def publish_run(run_dir: Union[str, Path], opts: PublishOptions,
         except PublishError as exc:
             raise PublishError(redact(exc, token)) from None
         except Exception as exc:
-            raise PublishError(redact(f"{type(exc).__name__}: {exc}", token)) from None
+            raise PublishError(_oneline(exc, token)) from None
 
 
 def _publish(run: Path, opts: PublishOptions, kind: str, location: Optional[str], run_record: dict[str, Any],
@@ -375,7 +380,7 @@ def _publish(run: Path, opts: PublishOptions, kind: str, location: Optional[str]
     except BaseException as exc:
         done = len(rec["uploaded"])
         rec["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        rec["error"] = redact(f"{type(exc).__name__}: {exc}", token)
+        rec["error"] = _oneline(exc, token)
         _record(rec_path, rec)
         if isinstance(exc, (KeyboardInterrupt, PublishError)):
             raise
