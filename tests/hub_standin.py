@@ -18,7 +18,8 @@ _commit_api.py):
 Writes need `Authorization: Bearer <token>`; every Authorization header received is kept in
 memory only (`authorizations`), never written to the storage folder. Stored files go under
 `root/<org>/<name>/`, the commit log to `root/commits.json`. `fail(...)` makes chosen requests
-fail (HTTP status or a dropped connection) to test retries and interrupted uploads."""
+fail (an HTTP status, a dropped connection, or a commit made whose answer is lost) to test
+retries and interrupted uploads."""
 from __future__ import annotations
 
 import base64
@@ -51,7 +52,8 @@ def lfs_pointer(data: bytes) -> bytes:
 class Fault:
     endpoint: str  # "commit", "preupload", "tree", "create"
     after: int  # let this many matching requests pass first
-    mode: str  # an HTTP status ("500", "403") or "drop" (close the connection, no answer)
+    mode: str  # an HTTP status ("500", "403"), "drop" (close the connection, no answer) or "lost"
+    # (commit only: the commit is made, then the connection closes: its answer is lost)
     times: int  # then fail this many
     seen: int = 0
 
@@ -168,8 +170,14 @@ def _make_handler(hub: HubStandIn):
             n = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(n) if n else b""
 
+        _lose_answer = False
+
         def _send(self, status: int, obj: Any = None, headers: Optional[dict[str, str]] = None,
                   raw: Optional[bytes] = None) -> None:
+            if self._lose_answer:
+                self._lose_answer = False
+                self.close_connection = True
+                return
             data = raw if raw is not None else json.dumps(obj if obj is not None else {}).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
@@ -191,6 +199,9 @@ def _make_handler(hub: HubStandIn):
         def _faulted(self, endpoint: str) -> bool:
             mode = hub._fault(endpoint)
             if mode is None:
+                return False
+            if mode == "lost":
+                self._lose_answer = True
                 return False
             if mode == "drop":
                 self.close_connection = True  # no answer at all: the client sees a dropped connection

@@ -339,6 +339,7 @@ def publish_run(run_dir: Union[str, Path], opts: PublishOptions,
 def _publish(run: Path, opts: PublishOptions, kind: str, location: Optional[str], run_record: dict[str, Any],
              token: Optional[str], sleep: Callable[[float], None]) -> dict[str, Any]:
     target = make_target(kind, location, opts, token)
+    _retrying(target.check_access, f"checking access to {target.label}", opts, token, sleep)
     work = run / PUBLISH_DIR / target_slug(kind, opts.repo_id)
     rec_path = work / RECORD_FILE
     rec: dict[str, Any] = {"target": target.label, "location": target.location, "repo_id": opts.repo_id,

@@ -99,6 +99,9 @@ class Target(Protocol):
     label: str  # what the user named: `hf:org/name`, `dir:/path (org/name)` (never a token)
     location: str  # where it lands: a URL or a path
 
+    def check_access(self) -> None:
+        """Fail early (before any staging) when the credentials are refused."""
+
     def ensure_repo(self) -> None:
         """Create the repository if it does not exist."""
 
@@ -125,6 +128,9 @@ class DirTarget:
         from fsspec.implementations.local import LocalFileSystem
 
         self.location = self.root if isinstance(self.fs, LocalFileSystem) else f"{location.rstrip('/')}/{repo_id}"
+
+    def check_access(self) -> None:
+        pass  # a folder has no credentials; a write problem shows at the first commit
 
     def ensure_repo(self) -> None:
         self.fs.makedirs(self.root, exist_ok=True)
@@ -173,6 +179,17 @@ class HfTarget:
         self.label = f"hf:{repo_id}"
         self.location = f"{self.api.endpoint}/datasets/{repo_id}"
 
+    def check_access(self) -> None:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            self.api.whoami()
+        except HfHubHTTPError as exc:
+            if _status(exc) in (401, 403):
+                raise PublishError(f"{self.api.endpoint} refused the Hugging Face token (HTTP {_status(exc)}): "
+                                   "set HF_TOKEN to a valid token with write access, or `huggingface-cli login`") from None
+            raise
+
     def ensure_repo(self) -> None:
         self.api.create_repo(self.repo_id, repo_type="dataset", private=self.private, exist_ok=True)
 
@@ -215,6 +232,9 @@ class ModelScopeTarget:
             self.api.login(token)
         self.label = f"modelscope:{repo_id}"
         self.location = f"https://modelscope.cn/datasets/{repo_id}"
+
+    def check_access(self) -> None:
+        pass  # the client checks its login at the first call
 
     def ensure_repo(self) -> None:
         self.api.create_repo(self.repo_id, repo_type="dataset", visibility="private" if self.private else "public",
