@@ -14,6 +14,7 @@ from flows import cli_train  # noqa: E402
 from flows import (cli_build, cli_data, cli_demo, cli_editing, cli_eval, cli_scenes,  # noqa: E402
                    cli_scoring, cli_select, cli_understanding)
 from flows import cli_precompute  # noqa: E402
+from flows import cli_publish  # noqa: E402
 
 app = typer.Typer(
     name="nexus-gen",
@@ -49,6 +50,7 @@ cli_data.register(app)
 cli_build.register(app)
 cli_train.register(app)
 cli_select.register(app)
+cli_publish.register(app)
 cli_scoring.register(app)
 app.add_typer(cli_scenes.app, name="scenes")
 cli_understanding.register(cli_eval.app)
