@@ -1,0 +1,76 @@
+"""A tiny random-init FLUX in the diffusers folder layout, for the Nexus-Gen decoders' `tiny` profile.
+
+`transformer/` (FluxTransformer2DModel with the guidance embedding, as FLUX.1-dev), `vae/`
+(AutoencoderKL with FLUX's 16 latent channels, 8x downsampling and FLUX's scaling/shift factors,
+no quant convs), `text_encoder/` + `tokenizer/` (a CLIP text model whose pooled output has the
+DiT's `pooled_projection_dim`; the tokenizer is OpenAI CLIP's, from open_clip's shipped BPE
+table) and `scheduler/` (FlowMatchEulerDiscreteScheduler with FLUX.1-dev's scheduler config).
+There is no `text_encoder_2` (T5): Nexus-Gen's decoders replace the T5 prompt embedding, so the
+folder is not a whole `FluxPipeline` and has no `model_index.json`.
+
+A 64 px image is an 8x8x16 latent, packed 2x2 into 16 tokens of 64 channels: small enough to
+train on a CPU in seconds."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from nexus_gen.models.cache import build_once
+from nexus_gen.models.tiny.stable_diffusion import write_clip_tokenizer_files
+
+log = logging.getLogger(__name__)
+
+TINY_FLUX_NAME = "tiny-flux-v1"
+TINY_FLUX_SIZE = 64           # pixels; the VAE downsamples 8x, packing 2x2 more
+TINY_FLUX_JOINT_DIM = 32      # J: the DiT's joint_attention_dim (FLUX.1-dev: 4096)
+TINY_FLUX_POOLED_DIM = 32     # the CLIP text hidden size = the DiT's pooled_projection_dim (768)
+# FLUX.1-dev's VAE latent normalisation (vae/config.json of black-forest-labs/FLUX.1-dev).
+FLUX_VAE_SCALING = 0.3611
+FLUX_VAE_SHIFT = 0.1159
+# FLUX.1-dev's scheduler/scheduler_config.json.
+FLUX_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                             base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                             max_image_seq_len=4096)
+_SEED = 0
+
+
+def _build_tiny_flux(out: Path) -> None:
+    """Create the tiny FLUX components with fixed seeds and save each in its subfolder."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab_file, merges_file = write_clip_tokenizer_files(out / "_bpe")
+    tokenizer = CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=77)
+    torch.manual_seed(_SEED)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=TINY_FLUX_JOINT_DIM,
+        pooled_projection_dim=TINY_FLUX_POOLED_DIM, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+    torch.manual_seed(_SEED + 1)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1,
+        block_out_channels=(8, 16, 16, 16), norm_num_groups=4, sample_size=TINY_FLUX_SIZE,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=FLUX_VAE_SCALING, shift_factor=FLUX_VAE_SHIFT,
+        use_quant_conv=False, use_post_quant_conv=False)
+    torch.manual_seed(_SEED + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TINY_FLUX_POOLED_DIM, intermediate_size=37,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+        projection_dim=TINY_FLUX_POOLED_DIM, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG)
+    transformer.save_pretrained(out / "transformer", safe_serialization=True)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(out / "tokenizer")
+    scheduler.save_pretrained(out / "scheduler")
+    shutil.rmtree(out / "_bpe")
+    log.info("built tiny FLUX into %s", out)
+
+
+def tiny_flux_dir() -> Path:
+    """Directory of the tiny random FLUX (diffusers layout), built on first use, then cached."""
+    return build_once(TINY_FLUX_NAME, _build_tiny_flux)
