@@ -277,6 +277,8 @@ class NexusGenEditingDecoder(FluxDecoderBase):
         loss = self.flow_loss(prompt, txt_ids, x.to(self.dit.device), generator)
         return loss, {"mse": float(loss.detach())}
 
+    forward = training_loss  # so DDP / peft wrappers see the loss as the forward pass
+
     @torch.no_grad()
     def edit(self, predicted: torch.Tensor, source: torch.Tensor, height: Optional[int] = None,
              width: Optional[int] = None, steps: Optional[int] = None, cfg: Optional[float] = None,
