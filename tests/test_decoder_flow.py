@@ -12,7 +12,7 @@ import torch
 from nexus_gen.models import flow_matching as fm
 from nexus_gen.models.gen_decoder import NexusGenGenerationDecoder
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
