@@ -155,3 +155,19 @@ def test_bad_configs_and_data_fail_clearly(data, tmp_path):
     dec = NexusGenGenerationDecoder.from_base("tiny")
     with pytest.raises(ValueError, match=r"embeds has shape \(1, 16, 48\)"):
         dec.generate(torch.zeros(1, 16, 48))
+
+
+def test_lora_targets_reach_only_the_dit(data):
+    from peft import LoraConfig, get_peft_model
+
+    stage = GenDecoderStage({}, {"embeddings": str(data[1])})
+    model = stage.build_model(torch.device("cpu"))
+    model.requires_grad_(False)
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=list(stage.lora_targets)))
+    wrapped = {n.split(".lora_")[0] for n, p in lora.named_parameters() if p.requires_grad}
+    # double block: 12 projections; single block: to_q, to_k, to_v (its MLP is proj_mlp/proj_out)
+    assert len(wrapped) == 15 and all(".dit." in n for n in wrapped)
+    batch = stage.collate([stage.example(s) for s in data[0][:1]])
+    loss, _ = stage.loss(lora, batch)
+    loss.backward()
+    assert all(p.grad is not None for n, p in lora.named_parameters() if p.requires_grad)
