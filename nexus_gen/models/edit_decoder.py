@@ -236,15 +236,6 @@ class NexusGenEditingDecoder(FluxDecoderBase):
             log.info("merger layer initialised from %s text layer 0", ar)
         return model
 
-    @classmethod
-    def from_pretrained(cls, folder: Union[str, Path], base: Optional[str] = None,
-                        dtype: torch.dtype = torch.float32) -> "NexusGenEditingDecoder":
-        """A decoder saved by `save_pretrained`; `base` overrides the FLUX base recorded in it."""
-        cfg, parts, state = cls._load_saved(folder, cls.kind, base, dtype)
-        model = cls(cfg, **parts)
-        model._load_trained(state, str(folder))
-        return model
-
     def prompt(self, predicted: torch.Tensor, source: torch.Tensor, height: int, width: int
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(merger(predicted, source) [B, N + M, J], text ids [N + M, 3]) for an H x W output."""

@@ -382,14 +382,14 @@ class FluxDecoderBase(nn.Module):
                                              encoding="utf-8")
         return folder
 
-    @staticmethod
-    def _load_saved(folder: Union[str, Path], kind: str, base: Optional[str], dtype
-                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
-        """(config, FLUX parts with the folder's DiT, decoder tensors) of a saved decoder."""
+    @classmethod
+    def from_pretrained(cls, folder: Union[str, Path], base: Optional[str] = None,
+                        dtype: torch.dtype = torch.float32) -> "FluxDecoderBase":
+        """A decoder saved by `save_pretrained`; `base` overrides the FLUX base recorded in it."""
         from diffusers import FluxTransformer2DModel
         from safetensors.torch import load_file
 
-        cfg = read_decoder_config(folder, kind)
+        cfg = read_decoder_config(folder, cls.kind)
         if base is not None:
             cfg["base"] = base
         parts = load_flux_parts(cfg["base"], with_dit=False, dtype=dtype)
@@ -398,7 +398,9 @@ class FluxDecoderBase(nn.Module):
         if int(parts["dit"].config.joint_attention_dim) != int(cfg.get("joint_dim", -1)):
             raise ValueError(f"{folder}: the DiT's joint_attention_dim "
                              f"{parts['dit'].config.joint_attention_dim} != joint_dim {cfg.get('joint_dim')}")
-        return cfg, parts, load_file(str(Path(folder) / DECODER_WEIGHTS))
+        model = cls(cfg, **parts)
+        model._load_trained(load_file(str(Path(folder) / DECODER_WEIGHTS)), str(folder))
+        return model
 
     def _load_trained(self, state: dict[str, torch.Tensor], where: str) -> None:
         own = {k for k in self.state_dict() if k.startswith(self.trained_prefixes)}

@@ -6,7 +6,6 @@ ids; trained with flow matching, VAE and CLIP frozen (`nexus_gen.models.flow_mat
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
@@ -64,15 +63,6 @@ class NexusGenGenerationDecoder(FluxDecoderBase):
         cfg["profile"] = profile
         parts = load_flux_parts(cfg["base"], with_dit=True, dtype=dtype)
         return cls(cfg, **parts)
-
-    @classmethod
-    def from_pretrained(cls, folder: Union[str, Path], base: Optional[str] = None,
-                        dtype: torch.dtype = torch.float32) -> "NexusGenGenerationDecoder":
-        """A decoder saved by `save_pretrained`; `base` overrides the FLUX base recorded in it."""
-        cfg, parts, state = cls._load_saved(folder, cls.kind, base, dtype)
-        model = cls(cfg, **parts)
-        model._load_trained(state, str(folder))
-        return model
 
     def prompt(self, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(adapter(embeds) [B, N, J], zero text ids [N, 3])."""

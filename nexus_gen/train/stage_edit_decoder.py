@@ -63,23 +63,16 @@ class EditDecoderStage(DecoderStageBase):
                 raise ValueError(f"data.embeddings: {kind} embeddings are {list(t.shape)} but the "
                                  f"decoder takes [{tokens}, {model.embed_dim}] (model.{key}, "
                                  "model.embed_dim)")
-        model.requires_grad_(False)
-        model.dit.requires_grad_(True)
-        model.embedding_merger.requires_grad_(True)
-        return model.to(device=device, dtype=torch.float32)
+        return self._trainable(model, "embedding_merger", device)
 
     def example(self, sample: dict[str, Any]) -> Union[Example, str]:
         """(predicted [N, D], source [M, D], the edited image [3, S, S]) of an editing sample."""
-        if sample.get("task") != "editing":
-            return f"task {sample.get('task')!r} is not editing"
-        if len(sample.get("images") or []) < 2:
+        if sample.get("task") == "editing" and len(sample.get("images") or []) < 2:
             return f"editing sample {sample.get('id')!r} has fewer than 2 images"
-        emb = self._embeddings(sample)
-        if isinstance(emb, str):
-            return emb
-        image = self._image(sample, -1)
-        if isinstance(image, str):
-            return image
+        parts = self._sample_parts(sample, "editing")
+        if isinstance(parts, str):
+            return parts
+        emb, image = parts
         return {"id": sample["id"], "predicted": emb["predicted"], "source": emb["source"],
                 "image": image}
 

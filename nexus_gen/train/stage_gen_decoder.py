@@ -146,6 +146,24 @@ class DecoderStageBase(TrainStage):
         img = decode_image(data, name=str(ref.get("path") or f"{sample.get('id')}[{index}]"))
         return images_to_tensor([img], size, size)[0]
 
+    def _sample_parts(self, sample: dict[str, Any], task: str
+                      ) -> Union[tuple[dict[str, torch.Tensor], torch.Tensor], str]:
+        """(this stage's embeddings, the sample's last image as a tensor), or the reason why not."""
+        if sample.get("task") != task:
+            return f"task {sample.get('task')!r} is not {task}"
+        emb = self._embeddings(sample)
+        if isinstance(emb, str):
+            return emb
+        image = self._image(sample, -1)
+        return image if isinstance(image, str) else (emb, image)
+
+    def _trainable(self, model: torch.nn.Module, trained: str, device: torch.device) -> torch.nn.Module:
+        """Everything frozen but the DiT and the module named `trained`; float32 on `device`."""
+        model.requires_grad_(False)
+        model.dit.requires_grad_(True)
+        getattr(model, trained).requires_grad_(True)
+        return model.to(device=device, dtype=torch.float32)
+
     def collate(self, examples: list[Example]) -> Batch:
         """Stack each tensor field; `ids` lists the sample ids."""
         out: Batch = {"ids": [e["id"] for e in examples]}
@@ -200,22 +218,14 @@ class GenDecoderStage(DecoderStageBase):
         if target.ndim != 2 or target.shape[-1] != model.embed_dim:
             raise ValueError(f"data.embeddings: target embeddings are {list(target.shape)} but the "
                              f"adapter takes D = model.embed_dim = {model.embed_dim}")
-        model.requires_grad_(False)
-        model.dit.requires_grad_(True)
-        model.adapter.requires_grad_(True)
-        return model.to(device=device, dtype=torch.float32)
+        return self._trainable(model, "adapter", device)
 
     def example(self, sample: dict[str, Any]) -> Union[Example, str]:
         """(target embeddings [N, D], the output image [3, S, S]) of a generation sample."""
-        if sample.get("task") != "generation":
-            return f"task {sample.get('task')!r} is not generation"
-        emb = self._embeddings(sample)
-        if isinstance(emb, str):
-            return emb
-        image = self._image(sample, -1)
-        if isinstance(image, str):
-            return image
-        return {"id": sample["id"], "embeds": emb["target"], "image": image}
+        parts = self._sample_parts(sample, "generation")
+        if isinstance(parts, str):
+            return parts
+        return {"id": sample["id"], "embeds": parts[0]["target"], "image": parts[1]}
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """The flow-matching loss (through `model(...)`, so DDP and peft wrappers work)."""
