@@ -114,3 +114,18 @@ def test_merger_layer_initialised_from_ar_layer0(tmp_path):
         (tmp_path / "ar" / "config.json").read_text())))
     with pytest.raises(ValueError, match="no model.safetensors"):
         read_ar_merger_init(tmp_path / "bad")
+
+
+def test_merger_from_the_tiny_ar_model():
+    from nexus_gen.models.edit_decoder import NexusGenEditingDecoder
+    from nexus_gen.models.nexus_ar import NexusGenAR
+    from nexus_gen.models.tiny.ar_tiny import tiny_ar_dir
+
+    ar = NexusGenAR.from_pretrained(tiny_ar_dir())
+    want = ar.model.language_model.layers[0].state_dict()
+    dec = NexusGenEditingDecoder.from_base("tiny", ar="tiny")
+    got = dec.embedding_merger.layers[0].state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    geo = ar.config.nexus_gen
+    assert (dec.image_tokens, dec.source_tokens) == (geo["image_tokens"], geo["source_tokens"])
+    assert dec.embed_dim == ar.config.text_config.hidden_size

@@ -170,3 +170,24 @@ def test_lora_targets_reach_only_the_dit(data):
     loss, _ = stage.loss(lora, batch)
     loss.backward()
     assert all(p.grad is not None for n, p in lora.named_parameters() if p.requires_grad)
+
+
+def test_gradient_checkpointing_keeps_loss_and_gradients():
+    dec = NexusGenEditingDecoder.from_base("tiny")
+    dec.train()
+    p = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(0))
+    s = torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
+
+    def run():
+        dec.zero_grad()
+        loss, _ = dec(predicted=p, source=s, target_images=x, generator=torch.Generator().manual_seed(3))
+        loss.backward()
+        return loss.item(), {n: q.grad.clone() for n, q in dec.named_parameters() if q.grad is not None}
+
+    plain_loss, plain = run()
+    dec.gradient_checkpointing_enable()
+    assert dec.dit.gradient_checkpointing and dec.embedding_merger.layers[0].gradient_checkpointing
+    ckpt_loss, ckpt = run()
+    assert ckpt_loss == plain_loss and set(ckpt) == set(plain)
+    assert all(torch.allclose(ckpt[n], plain[n], atol=1e-6) for n in plain)

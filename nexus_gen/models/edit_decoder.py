@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -136,39 +136,73 @@ class EmbeddingMerger(nn.Module):
         return self.projector(h)
 
 
-def read_ar_merger_init(ar_folder: Union[str, Path]) -> tuple[Any, dict[str, torch.Tensor], dict]:
+AR_ALIASES = {"paper": "Qwen/Qwen2.5-VL-7B-Instruct"}
+
+
+def _ar_file_getter(ar: Union[str, Path]) -> Callable[[str], Optional[Path]]:
+    """name -> a local path of that file of the AR model (None when it has no such file): `tiny`
+    is the tiny AR folder, `paper` Qwen2.5-VL-7B-Instruct, a folder itself, else a hub id (only
+    the files asked for are fetched)."""
+    if str(ar) == "tiny":
+        from nexus_gen.models.tiny.ar_tiny import tiny_ar_dir
+
+        ar = tiny_ar_dir()
+    ar = AR_ALIASES.get(str(ar), ar)
+    folder = Path(ar)
+    if folder.is_dir():
+        return lambda name: (folder / name) if (folder / name).is_file() else None
+
+    def hub(name: str) -> Optional[Path]:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            return Path(hf_hub_download(str(ar), name))
+        except EntryNotFoundError:
+            return None
+        except Exception as e:  # offline, unknown repo, no access
+            raise ValueError(f"AR model {ar!r}: not a folder, and its {name} cannot be had from the "
+                             f"Hugging Face hub or cache (offline?): {e}") from e
+    return hub
+
+
+def read_ar_merger_init(ar: Union[str, Path]) -> tuple[Any, dict[str, torch.Tensor], dict]:
     """(text config, text layer 0 weights with layer-local keys, the `nexus_gen` geometry dict)
-    of an AR model folder (current transformers layout `model.language_model.layers.0.*` or the
-    published 4.49 layout `model.layers.0.*`); only layer 0's tensors are read."""
+    of an AR model (`tiny`, `paper`, a folder or a hub id; the current transformers layout
+    `model.language_model.layers.0.*` or the published 4.49 layout `model.layers.0.*`); only the
+    shards holding layer 0 are read."""
     from safetensors import safe_open
     from transformers import AutoConfig
 
-    folder = Path(ar_folder)
+    get = _ar_file_getter(ar)
+    config_file = get("config.json")
+    if config_file is None:
+        raise ValueError(f"AR model {ar}: no config.json")
     try:
-        cfg = AutoConfig.from_pretrained(str(folder))
+        cfg = AutoConfig.from_pretrained(str(config_file.parent))
     except (OSError, ValueError) as e:
-        raise ValueError(f"AR folder {folder}: cannot read its config ({e})") from e
+        raise ValueError(f"AR model {ar}: cannot read its config ({e})") from e
     text_config = getattr(cfg, "text_config", None)
     if text_config is None:
-        raise ValueError(f"AR folder {folder}: not a Qwen2.5-VL config (no text_config)")
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
+        raise ValueError(f"AR model {ar}: not a Qwen2.5-VL config (no text_config)")
+    index = get("model.safetensors.index.json")
+    if index is not None:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    elif (folder / "model.safetensors").is_file():
-        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
-            weight_map = {k: "model.safetensors" for k in f.keys()}
     else:
-        raise ValueError(f"AR folder {folder}: no model.safetensors(.index.json)")
+        single = get("model.safetensors")
+        if single is None:
+            raise ValueError(f"AR model {ar}: no model.safetensors(.index.json)")
+        with safe_open(str(single), framework="pt") as f:
+            weight_map = {k: "model.safetensors" for k in f.keys()}
     state: dict[str, torch.Tensor] = {}
     for prefix in ("model.language_model.layers.0.", "model.layers.0."):
-        names = [k for k in weight_map if k.startswith(prefix)]
-        for name in names:
-            with safe_open(str(folder / weight_map[name]), framework="pt") as f:
+        for name in (k for k in weight_map if k.startswith(prefix)):
+            with safe_open(str(get(weight_map[name])), framework="pt") as f:
                 state[name[len(prefix):]] = f.get_tensor(name)
         if state:
             break
     if not state:
-        raise ValueError(f"AR folder {folder}: no text layer 0 weights (model.language_model.layers.0.* "
+        raise ValueError(f"AR model {ar}: no text layer 0 weights (model.language_model.layers.0.* "
                          "or model.layers.0.*)")
     return text_config, state, dict(getattr(cfg, "nexus_gen", None) or {})
 

@@ -363,6 +363,21 @@ class FluxDecoderBase(nn.Module):
             latents = self.scheduler.step(v.float(), t, latents.float(), return_dict=False)[0]
         return self.decode_latents(unpack_latents(latents, lh, lw))
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        """Recompute activations in backward: the DiT's blocks and any transformers
+        `GradientCheckpointingLayer` (the editing merger's decoder layer)."""
+        import functools
+
+        from torch.utils.checkpoint import checkpoint
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        fn = functools.partial(checkpoint, **(gradient_checkpointing_kwargs or {"use_reentrant": False}))
+        self.dit.enable_gradient_checkpointing(fn)
+        for module in self.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module.gradient_checkpointing = True
+                module._gradient_checkpointing_func = fn
+
     # folders
     def _trained_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
