@@ -61,3 +61,13 @@ def write_store(folder: Path, samples: list[dict[str, Any]], dim: int = D,
                               "source": pooled_embedding(imgs[0], n_source, proj)}
     write_embedding_shard(Path(folder) / "emb-00000.safetensors", items)
     return Path(folder)
+
+
+def write_shards(folder: Path, samples: list[dict[str, Any]]) -> Path:
+    """The samples as unified shards (train-NNNNN.parquet) in `folder`."""
+    from nexus_gen.data.shards import ShardWriter
+
+    with ShardWriter(folder, shard_bytes=20000, row_group_bytes=6000) as w:
+        for s in samples:
+            w.write(s)
+    return Path(folder)

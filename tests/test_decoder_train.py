@@ -191,3 +191,29 @@ def test_gradient_checkpointing_keeps_loss_and_gradients():
     ckpt_loss, ckpt = run()
     assert ckpt_loss == plain_loss and set(ckpt) == set(plain)
     assert all(torch.allclose(ckpt[n], plain[n], atol=1e-6) for n in plain)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,cls", [("gen-decoder", NexusGenGenerationDecoder),
+                                       ("edit-decoder", NexusGenEditingDecoder)])
+def test_decoder_stage_through_the_training_loop(data, tmp_path, stage, cls):
+    from decoder_fixtures import write_shards
+
+    from nexus_gen.train.train_config import config_from_dict
+    from nexus_gen.train.train_loop import train
+    from nexus_gen.train.train_metrics import read_metrics
+
+    samples, store = data
+    shards = write_shards(tmp_path / "data", samples)
+    cfg = config_from_dict({
+        "stage": stage, "model": {"profile": "tiny"},
+        "data": {"shards": str(shards), "embeddings": str(store), "shuffle_window": 2},
+        "train": {"seed": 0, "max_steps": 6, "batch_size": 2, "lr": 1e-3, "warmup_steps": 1},
+        "checkpoint": {"every_steps": 3, "keep_last": 1}, "log": {"every_steps": 1}})
+    record = train(cfg, tmp_path / "run")
+    assert record["status"] == "complete" and record["step"] == 6, record
+    assert len(read_metrics(tmp_path / "run")) == 6
+    dec = cls.from_pretrained(tmp_path / "run" / "final")
+    out = dec.generate(torch.zeros(1, 16, 64)) if stage == "gen-decoder" else \
+        dec.edit(torch.zeros(1, 16, 64), torch.zeros(1, 64, 64))
+    assert out[0].size == (64, 64)
