@@ -36,11 +36,16 @@ def scenes_samples(count: int, seed: int = 0, size: int = 64) -> list[dict[str, 
     out = []
     for i in range(count):
         e = random_edit(seed + i, size=size)
+        gen_msgs = [{"role": "user", "content": "Generate an image according to the following "
+                     f"description: {e.target_caption}"},
+                    {"role": "assistant", "content": "Here is an image based on the description: <image>"}]
+        edit_msgs = [{"role": "user", "content": f"<image> {e.instruction}"},
+                     {"role": "assistant", "content": "Here is the image: <image>"}]
         out.append({"id": f"gen-{i}", "source": "scenes", "task": "generation", "language": "en",
-                    "messages": [], "meta": {},
+                    "messages": gen_msgs, "meta": {},
                     "images": [{"bytes": png(e.target), "path": f"gen-{i}.png"}]})
         out.append({"id": f"edit-{i}", "source": "scenes", "task": "editing", "language": "en",
-                    "messages": [], "meta": {},
+                    "messages": edit_msgs, "meta": {},
                     "images": [{"bytes": png(e.source), "path": f"src-{i}.png"},
                                {"bytes": png(e.target), "path": f"tgt-{i}.png"}]})
     return out

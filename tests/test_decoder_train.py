@@ -217,3 +217,23 @@ def test_decoder_stage_through_the_training_loop(data, tmp_path, stage, cls):
     out = dec.generate(torch.zeros(1, 16, 64)) if stage == "gen-decoder" else \
         dec.edit(torch.zeros(1, 16, 64), torch.zeros(1, 64, 64))
     assert out[0].size == (64, 64)
+
+
+def test_stages_take_the_tiny_ar_precompute(tmp_path):
+    """The stores `nexus-gen precompute {gen,edit}` writes with the tiny AR model fit the stages."""
+    from decoder_fixtures import write_shards
+
+    from nexus_gen.train.precompute import load_ar_model, precompute
+
+    samples = scenes_samples(2, seed=50)
+    write_shards(tmp_path / "data", samples)
+    ar = load_ar_model("tiny")
+    for mode, stage in (("gen", GenDecoderStage({}, {"embeddings": str(tmp_path / "gen")})),
+                        ("edit", EditDecoderStage({"ar": "tiny"}, {"embeddings": str(tmp_path / "edit")}))):
+        precompute(mode, [str(tmp_path / "data")], tmp_path / mode, ar)
+        stage.check_data(samples[0])
+        model = stage.build_model(torch.device("cpu"))
+        examples = [e for e in map(stage.example, samples) if not isinstance(e, str)]
+        assert len(examples) == 2
+        loss, _ = stage.loss(model, stage.collate(examples))
+        assert torch.isfinite(loss)
