@@ -237,3 +237,18 @@ def test_stages_take_the_tiny_ar_precompute(tmp_path):
         assert len(examples) == 2
         loss, _ = stage.loss(model, stage.collate(examples))
         assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("name", ["gen_decoder_tiny", "gen_decoder_paper", "edit_decoder_tiny",
+                                  "edit_decoder_paper"])
+def test_shipped_decoder_configs_fit_the_stages(name):
+    import yaml
+    from conftest import REPO
+
+    from nexus_gen.train.stages import stage_class
+    from nexus_gen.train.train_config import LOOP_DATA_KEYS
+
+    cfg = yaml.safe_load((REPO / "datasets_spec" / "train" / f"{name}.yaml").read_text())
+    data = {k: v for k, v in cfg["data"].items() if k not in LOOP_DATA_KEYS}
+    stage = stage_class(cfg["stage"])(cfg["model"], data)  # checks every model/data key
+    assert stage.setting("image_size") == (64 if name.endswith("tiny") else 512)
