@@ -164,8 +164,10 @@ def test_lora_targets_reach_only_the_dit(data):
     model.requires_grad_(False)
     lora = get_peft_model(model, LoraConfig(r=4, target_modules=list(stage.lora_targets)))
     wrapped = {n.split(".lora_")[0] for n, p in lora.named_parameters() if p.requires_grad}
-    # double block: 12 projections; single block: to_q, to_k, to_v (its MLP is proj_mlp/proj_out)
+    # double block: 7 attention projections + ff/ff_context proj; single block: to_q, to_k, to_v,
+    # proj_mlp, proj_out; the DiT's final proj_out
     assert len(wrapped) == 15 and all(".dit." in n for n in wrapped)
+    assert not any(n.startswith("vae") for n, _ in model.named_modules())
     batch = stage.collate([stage.example(s) for s in data[0][:1]])
     loss, _ = stage.loss(lora, batch)
     loss.backward()
@@ -194,9 +196,11 @@ def test_gradient_checkpointing_keeps_loss_and_gradients():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,cls", [("gen-decoder", NexusGenGenerationDecoder),
-                                       ("edit-decoder", NexusGenEditingDecoder)])
-def test_decoder_stage_through_the_training_loop(data, tmp_path, stage, cls):
+@pytest.mark.parametrize("stage,cls,lora", [("gen-decoder", NexusGenGenerationDecoder, False),
+                                            ("edit-decoder", NexusGenEditingDecoder, False),
+                                            ("gen-decoder", NexusGenGenerationDecoder, True),
+                                            ("edit-decoder", NexusGenEditingDecoder, True)])
+def test_decoder_stage_through_the_training_loop(data, tmp_path, stage, cls, lora):
     from decoder_fixtures import write_shards
 
     from nexus_gen.train.train_config import config_from_dict
@@ -208,12 +212,19 @@ def test_decoder_stage_through_the_training_loop(data, tmp_path, stage, cls):
     cfg = config_from_dict({
         "stage": stage, "model": {"profile": "tiny"},
         "data": {"shards": str(shards), "embeddings": str(store), "shuffle_window": 2},
-        "train": {"seed": 0, "max_steps": 6, "batch_size": 2, "lr": 1e-3, "warmup_steps": 1},
+        "train": {"seed": 0, "max_steps": 6, "batch_size": 2, "lr": 1e-3, "warmup_steps": 1,
+                  **({"lora": {"r": 4, "alpha": 4}} if lora else {})},
         "checkpoint": {"every_steps": 3, "keep_last": 1}, "log": {"every_steps": 1}})
+    start = cls.from_base("tiny")
     record = train(cfg, tmp_path / "run")
     assert record["status"] == "complete" and record["step"] == 6, record
     assert len(read_metrics(tmp_path / "run")) == 6
     dec = cls.from_pretrained(tmp_path / "run" / "final")
+    # the DiT and the new module (adapter / merger: in full, also under LoRA) have moved
+    new = "adapter" if stage == "gen-decoder" else "embedding_merger"
+    for part in ("dit", new):
+        a, b = getattr(start, part).state_dict(), getattr(dec, part).state_dict()
+        assert set(a) == set(b) and any(not torch.equal(a[k], b[k]) for k in a), part
     out = dec.generate(torch.zeros(1, 16, 64)) if stage == "gen-decoder" else \
         dec.edit(torch.zeros(1, 16, 64), torch.zeros(1, 64, 64))
     assert out[0].size == (64, 64)

@@ -278,16 +278,11 @@ class NexusGenEditingDecoder(FluxDecoderBase):
         if predicted.shape[0] != source.shape[0]:
             raise ValueError(f"{predicted.shape[0]} predicted but {source.shape[0]} source embeddings")
         lh, lw = self._latent_size(height, width)
-        dtype = self.projector_dtype
+        dtype = next(self.embedding_merger.parameters()).dtype
         p = self.embedding_merger(predicted.to(self.dit.device, dtype), source.to(self.dit.device, dtype))
         ids = edit_text_ids(self.image_tokens, self.source_tokens, lh, lw,
-                            self.embedding_merger.merge).to(p.device, self.dit.dtype)
+                            int(self.config.get("merge_size", MERGE_SIZE))).to(p.device, self.dit.dtype)
         return p, ids
-
-    @property
-    def projector_dtype(self) -> torch.dtype:
-        """The merger's parameter dtype."""
-        return self.embedding_merger.projector[1].weight.dtype
 
     def training_loss(self, predicted: torch.Tensor, source: torch.Tensor,
                       target_images: Union[torch.Tensor, list],

@@ -268,15 +268,27 @@ class FluxDecoderBase(nn.Module):
         super().__init__()
         self.config = dict(config)
         self.dit = dit
-        self.vae = vae
-        self.vae.requires_grad_(False)
-        self.vae.eval()
+        # The frozen VAE is kept out of the module tree: not in parameters() or state_dict() (so
+        # not in training checkpoints, DDP or LoRA target matching); `_apply` still moves it.
+        vae.requires_grad_(False)
+        vae.eval()
+        self._frozen = {"vae": vae}
         self.scheduler = scheduler
         pooled_dim = dit.config.pooled_projection_dim
         if pooled_empty.shape[-1] != pooled_dim:
             raise ValueError(f"the base's CLIP pooled size {pooled_empty.shape[-1]} does not match "
                              f"the DiT's pooled_projection_dim {pooled_dim}")
         self.register_buffer("pooled_empty", pooled_empty.reshape(1, -1), persistent=False)
+
+    @property
+    def vae(self) -> nn.Module:
+        """The frozen FLUX VAE."""
+        return self._frozen["vae"]
+
+    def _apply(self, fn, recurse: bool = True):  # .to() / .float() / .cuda() move the VAE too
+        super()._apply(fn, recurse)
+        self.vae._apply(fn, recurse)
+        return self
 
     # geometry
     @property

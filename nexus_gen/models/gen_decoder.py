@@ -67,7 +67,7 @@ class NexusGenGenerationDecoder(FluxDecoderBase):
     def prompt(self, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(adapter(embeds) [B, N, J], zero text ids [N, 3])."""
         embeds = check_embeds(embeds, "embeds", self.embed_dim)
-        p = self.adapter(embeds.to(self.dit.device, self.adapter[0].weight.dtype))
+        p = self.adapter(embeds.to(self.dit.device, next(self.adapter.parameters()).dtype))
         return p, zero_text_ids(p.shape[1], p.device, self.dit.dtype)
 
     def training_loss(self, embeds: torch.Tensor, images: Union[torch.Tensor, list],

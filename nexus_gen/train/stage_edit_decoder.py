@@ -29,6 +29,7 @@ class EditDecoderStage(DecoderStageBase):
                   "image_size", "projector_hidden", "joint_dim")
     kinds = ("predicted", "source")
     decoder_kind = "editing"
+    lora_full_modules = ("embedding_merger",)
 
     @property
     def profiles(self) -> dict[str, dict[str, Any]]:  # type: ignore[override]

@@ -20,11 +20,12 @@ from nexus_gen.train.stage_api import Batch, Example, TrainStage
 
 log = logging.getLogger(__name__)
 
-# The DiT's attention and feed-forward projections (diffusers' FLUX LoRA training targets); the
-# `attn.` / `ff.` prefixes keep the VAE's attention (`...attentions.0.to_q`) out.
-FLUX_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj",
-                     "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj",
-                     "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
+# LoRA on the DiT: its attention projections (image and text streams, single blocks) and MLPs.
+# These are last-name components, as the training loop checks them (module names ending in one);
+# `attn.to_out.0` and `ff.net.2` (diffusers' FLUX LoRA list) would need dotted names. They match
+# only DiT modules: the VAE is not a submodule and the adapter/merger use other names.
+FLUX_LORA_TARGETS = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj",
+                     "to_add_out", "proj", "proj_mlp", "proj_out")
 
 
 def store_kinds(folder: Union[str, Path]) -> set[str]:
@@ -189,6 +190,7 @@ class GenDecoderStage(DecoderStageBase):
     model_keys = ("profile", "base", "init", "embed_dim", "image_size", "joint_dim")
     kinds = ("target",)
     decoder_kind = "generation"
+    lora_full_modules = ("adapter",)
 
     @property
     def profiles(self) -> dict[str, dict[str, Any]]:  # type: ignore[override]
