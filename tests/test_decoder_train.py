@@ -209,11 +209,13 @@ def test_decoder_stage_through_the_training_loop(data, tmp_path, stage, cls, lor
 
     samples, store = data
     shards = write_shards(tmp_path / "data", samples)
+    # diffusers' FLUX LoRA list names modules by a dotted suffix ("attn.to_out.0"), as peft allows
+    dotted = {"targets": ["to_q", "to_k", "to_v", "attn.to_out.0"]} if stage == "gen-decoder" else {}
     cfg = config_from_dict({
         "stage": stage, "model": {"profile": "tiny"},
         "data": {"shards": str(shards), "embeddings": str(store), "shuffle_window": 2},
         "train": {"seed": 0, "max_steps": 6, "batch_size": 2, "lr": 1e-3, "warmup_steps": 1,
-                  **({"lora": {"r": 4, "alpha": 4}} if lora else {})},
+                  **({"lora": {"r": 4, "alpha": 4, **dotted}} if lora else {})},
         "checkpoint": {"every_steps": 3, "keep_last": 1}, "log": {"every_steps": 1}})
     start = cls.from_base("tiny")
     record = train(cfg, tmp_path / "run")

@@ -121,11 +121,14 @@ def _apply_lora(cfg: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
 
     lora = cfg.train.lora
     targets = cfg.lora_targets()
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()} | {n for n, _ in model.named_modules()}
-    absent = [t for t in targets if t not in names]
+    names = [n for n, _ in model.named_modules() if n]
+    # peft's rule for a string target: the module's full name, or a dotted suffix of it
+    # ("to_out.0" matches "transformer_blocks.0.attn.to_out.0").
+    absent = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if absent:
+        last = sorted({n.rsplit(".", 1)[-1] for n in names})
         raise TrainError(f"train.lora.targets: {absent} name no module of the {cfg.stage} model "
-                         f"(module names end in e.g. {sorted(names - {''})[:8]})")
+                         f"(module names end in e.g. {last[:8]})")
     full = list(cfg.stage_obj().lora_full_modules) or None
     return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                             target_modules=targets, modules_to_save=full))
