@@ -1,5 +1,5 @@
-"""The data-building job as a Prefect flow: one task per shard (never per image), run on threads
-or on a Dask cluster, resumable (finished shards are skipped), with artifacts. Thin: every step
+"""The data-building job as a Prefect flow: one task per shard (never per image), run on threads,
+a Dask cluster or a Ray cluster, resumable (finished shards are skipped), with artifacts. Thin: every step
 is a library call of `nexus_gen.edit.build`, which a plain loop runs the same way."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from nexus_gen.edit.execute import BuildContext, run_shard
 from nexus_gen.edit.plan import ShardPlan
 
 log = logging.getLogger(__name__)
-RUNNERS = ("threads", "dask")
+RUNNERS = ("threads", "dask", "ray")
 
 
 def transient(exc: BaseException) -> bool:
@@ -48,13 +48,22 @@ def build_shard(plan: ShardPlan, ctx: BuildContext) -> dict[str, Any]:
     return run_shard(plan, ctx)
 
 
-def task_runner(runner: str, workers: Optional[int], dask_address: Optional[str]):
-    """The Prefect task runner for `runner` (threads, or Dask: a LocalCluster of `workers`
-    single-threaded processes, or the scheduler at `dask_address`)."""
+def task_runner(runner: str, workers: Optional[int], dask_address: Optional[str],
+                ray_address: Optional[str] = None):
+    """The Prefect task runner for `runner`: threads; Dask (a LocalCluster of `workers`
+    single-threaded processes, or the scheduler at `dask_address`); or Ray (`prefect-ray`: the
+    cluster at `ray_address`, or a local Ray of `workers` CPUs, one shard per CPU)."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
     if runner == "threads":
         return ThreadPoolTaskRunner(max_workers=workers or 1)
+    if runner == "ray":
+        from prefect_ray import RayTaskRunner
+
+        if ray_address:
+            return RayTaskRunner(address=ray_address)
+        return RayTaskRunner(init_kwargs={"num_cpus": workers or 2, "include_dashboard": False,
+                                          "log_to_driver": False})
     if runner != "dask":
         raise ValueError(f"unknown runner {runner!r}: choose one of {', '.join(RUNNERS)}")
     from prefect_dask import DaskTaskRunner

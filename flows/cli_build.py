@@ -19,18 +19,23 @@ log = logging.getLogger(__name__)
 class Runner(str, enum.Enum):
     threads = "threads"
     dask = "dask"
+    ray = "ray"
 
 
 def build(
     recipe: str = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file, or the name of a "
                                  "built-in recipe in datasets_spec/recipes (demo, demo_imagepulse, imagepulse, small)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (resumable: finished shards are kept)."),
-    runner: Runner = typer.Option(Runner.threads, "--runner", help="threads, or dask (a LocalCluster, "
-                                  "or the scheduler given by --dask-address)."),
+    runner: Runner = typer.Option(Runner.threads, "--runner", help="threads; dask (a LocalCluster, "
+                                  "or the scheduler given by --dask-address); ray (a local Ray, or the "
+                                  "cluster given by --ray-address)."),
     dask_address: Optional[str] = typer.Option(None, "--dask-address", help="tcp://HOST:PORT of a running "
                                                "Dask scheduler (implies --runner dask)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="HOST:PORT (or ray://HOST:10001, "
+                                              "or auto) of a running Ray cluster (implies --runner ray)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Shards built at once "
-                                          "(threads, or LocalCluster worker processes; default 1 / 2)."),
+                                          "(threads, LocalCluster worker processes or local Ray CPUs; "
+                                          "default 1 / 2 / 2)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Build only the first N shards "
                                         "(a later run without --limit goes on from there)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Resolve every model id and print the plan; "
@@ -46,6 +51,10 @@ def build(
 
     from flows.runtime import fail, run_flow
 
+    if dask_address and ray_address:
+        fail("--dask-address and --ray-address name two clusters: give one")
+    if (dask_address and runner == Runner.ray) or (ray_address and runner == Runner.dask):
+        fail(f"--runner {runner.value} does not go with --{'dask' if dask_address else 'ray'}-address")
     try:
         run = prepare_run(recipe, out, limit)  # validate and plan before Prefect starts
     except (RecipeError, RunError) as exc:
@@ -54,12 +63,12 @@ def build(
         typer.echo(f"{out} is already complete ({run.finished['status']}): nothing to do")
         typer.echo(json.dumps(summary_line(run.finished)))
         return
-    kind = "dask" if dask_address else runner.value
+    kind = "dask" if dask_address else "ray" if ray_address else runner.value
     typer.echo(f"{run.recipe.name}: {len(run.selected)} shards ({len(run.selected) - len(run.todo)} done), "
                f"{run.plan.planned} planned triplets, runner {kind}")
     from flows.build import build_flow, task_runner
 
-    flow = build_flow.with_options(task_runner=task_runner(kind, workers, dask_address))
+    flow = build_flow.with_options(task_runner=task_runner(kind, workers, dask_address, ray_address))
     try:
         record = run_flow(flow, recipe=recipe, out=str(out), limit=limit, progress=True,
                           resume_hint=f"run the same command to go on (finished shards are kept)")
