@@ -15,6 +15,7 @@ from flows import (cli_build, cli_data, cli_demo, cli_editing, cli_eval, cli_sce
                    cli_scoring, cli_select, cli_understanding)
 from flows import cli_precompute  # noqa: E402
 from flows import cli_publish  # noqa: E402
+from flows import cli_runs  # noqa: E402
 
 app = typer.Typer(
     name="nexus-gen",
@@ -59,6 +60,7 @@ app.add_typer(cli_eval.app, name="eval")
 cli_eval.register_report(app)
 cli_demo.register(app)
 cli_precompute.register(app)
+cli_runs.register(app)
 
 
 def main() -> None:
