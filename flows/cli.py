@@ -16,6 +16,7 @@ from flows import (cli_build, cli_data, cli_demo, cli_editing, cli_eval, cli_sce
 from flows import cli_precompute  # noqa: E402
 from flows import cli_publish  # noqa: E402
 from flows import cli_runs  # noqa: E402
+from flows import cli_serve  # noqa: E402
 
 app = typer.Typer(
     name="nexus-gen",
@@ -61,6 +62,7 @@ cli_eval.register_report(app)
 cli_demo.register(app)
 cli_precompute.register(app)
 cli_runs.register(app)
+cli_serve.register(app)
 
 
 def main() -> None:
