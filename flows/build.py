@@ -4,6 +4,7 @@ is a library call of `nexus_gen.edit.build`, which a plain loop runs the same wa
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -74,6 +75,24 @@ def task_runner(runner: str, workers: Optional[int], dask_address: Optional[str]
                                           "processes": True, "dashboard_address": None})
 
 
+def gpu_placement(device: str, runner: Any) -> contextlib.AbstractContextManager:
+    """One GPU per shard task on a cluster: Ray assigns one to each task (`num_gpus=1`, which
+    sets the task's CUDA_VISIBLE_DEVICES, so `cuda` is its GPU); Dask runs shards only on workers
+    started with `--resources GPU=1`, one shard per GPU at a time. Nothing on CPU or threads."""
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    kind = type(runner).__name__
+    if kind == "RayTaskRunner":
+        from prefect_ray.context import remote_options
+
+        return remote_options(num_gpus=1)
+    if kind == "DaskTaskRunner":
+        import dask
+
+        return dask.annotate(resources={"GPU": 1})
+    return contextlib.nullcontext()
+
+
 def post_artifacts(record: dict[str, Any], out: Path) -> None:
     """Counts per edit type, rejects by reason, and a PNG grid of sample triplets."""
     md = [f"# build `{record['recipe']}` ({record['status']})", "",
@@ -113,13 +132,18 @@ def _unwalked(plan: ShardPlan, ctx: BuildContext) -> tuple:
 
 
 @flow(name="build", log_prints=False)
-def build_flow(recipe: str, out: str, limit: Optional[int] = None, progress: bool = False) -> dict[str, Any]:
-    """Build a recipe into `out` (resumable); returns the run record (`run.json`)."""
-    run = prepare_run(recipe, out, limit)
+def build_flow(recipe: str, out: str, limit: Optional[int] = None, progress: bool = False,
+               device: str = "cpu") -> dict[str, Any]:
+    """Build a recipe into `out` (resumable) with its models on `device` (on a cluster: each
+    worker's own); returns the run record (`run.json`)."""
+    run = prepare_run(recipe, out, limit, device=device)
     if run.finished is not None:
         log.info("%s is already complete: nothing to do", out)
         return run.finished
-    futures = [build_shard.submit(*_unwalked(s, run.ctx)) for s in run.todo]
+    from prefect.context import FlowRunContext
+
+    with gpu_placement(device, getattr(FlowRunContext.get(), "task_runner", None)):
+        futures = [build_shard.submit(*_unwalked(s, run.ctx)) for s in run.todo]
     bar = None
     if progress:
         from tqdm import tqdm

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +37,9 @@ def build(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Shards built at once "
                                           "(threads, LocalCluster worker processes or local Ray CPUs; "
                                           "default 1 / 2 / 2)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N: where each shard's models "
+                               "run (on a cluster, each worker's own GPU: give each worker one with "
+                               "CUDA_VISIBLE_DEVICES)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Build only the first N shards "
                                         "(a later run without --limit goes on from there)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Resolve every model id and print the plan; "
@@ -55,8 +59,13 @@ def build(
         fail("--dask-address and --ray-address name two clusters: give one")
     if (dask_address and runner == Runner.ray) or (ray_address and runner == Runner.dask):
         fail(f"--runner {runner.value} does not go with --{'dask' if dask_address else 'ray'}-address")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(out)):
+        fail(f"--out {out}: a run folder is a local path; for object storage or another machine, "
+             "build into a shared file system mounted at the same path on every worker (see the README, "
+             "'From laptop to cluster')")
+    _check_device(device, remote=bool(dask_address or ray_address))
     try:
-        run = prepare_run(recipe, out, limit)  # validate and plan before Prefect starts
+        run = prepare_run(recipe, out, limit, device=device)  # validate and plan before Prefect starts
     except (RecipeError, RunError) as exc:
         fail(exc)
     if run.finished is not None:
@@ -70,7 +79,7 @@ def build(
 
     flow = build_flow.with_options(task_runner=task_runner(kind, workers, dask_address, ray_address))
     try:
-        record = run_flow(flow, recipe=recipe, out=str(out), limit=limit, progress=True,
+        record = run_flow(flow, recipe=recipe, out=str(out), limit=limit, progress=True, device=device,
                           resume_hint=f"run the same command to go on (finished shards are kept)")
     except Exception as exc:
         typer.echo(f"error: the build stopped: {exc}; finished shards are kept, run the same command "
@@ -81,6 +90,22 @@ def build(
                f"samples {c['samples']} {json.dumps(record['by_task'])}; splits {json.dumps(record['by_split'])}; "
                f"rejects: {out / 'rejects.jsonl'}")
     typer.echo(json.dumps(summary_line(record)))
+
+
+def _check_device(device: str, remote: bool) -> None:
+    """A misspelt device fails here; a GPU this machine lacks too, unless the shards run on a
+    cluster's workers (their GPUs are theirs to have)."""
+    from flows.runtime import fail
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        fail(f"--device {device!r}: use cpu, cuda or cuda:N")
+    if not remote and device != "cpu":
+        from nexus_gen.scoring.device import check_device
+
+        try:
+            check_device(device)
+        except ValueError as exc:
+            fail(f"--device: {exc} (or build on a cluster with GPU workers: --dask-address / --ray-address)")
 
 
 def _dry_run(recipe: str) -> None:

@@ -76,7 +76,7 @@ def publish_refusal(run_dir: str) -> Optional[str]:
 @flow(name="scheduled-build", log_prints=False)
 def scheduled_build(recipe: str, out: str, runner: Runner = "threads", workers: int = 1,
                     dask_address: Optional[str] = None, ray_address: Optional[str] = None,
-                    limit: Optional[int] = None) -> dict[str, Any]:
+                    limit: Optional[int] = None, device: str = "cpu") -> dict[str, Any]:
     """Build `recipe` into `out` (`{date}` expanded) on the chosen task runner; a failed build
     fails this flow run. Returns the run record (run.json)."""
     from flows.build import build_flow, task_runner
@@ -84,7 +84,7 @@ def scheduled_build(recipe: str, out: str, runner: Runner = "threads", workers: 
     target = expand_out(out)
     log.info("scheduled build of %s into %s (runner %s)", recipe, target, runner)
     flow_ = build_flow.with_options(task_runner=task_runner(runner, workers, dask_address, ray_address))
-    return flow_(recipe=recipe, out=target, limit=limit)
+    return flow_(recipe=recipe, out=target, limit=limit, device=device)
 
 
 @flow(name="scheduled-benchmark", log_prints=False)
@@ -124,12 +124,12 @@ def publish_built_run(run_dir: str, publish: dict[str, Any]) -> Any:
 @flow(name="build-and-publish", log_prints=False)
 def build_and_publish(recipe: str, out: str, publish: Optional[dict[str, Any]] = None,
                       runner: Runner = "threads", workers: int = 1, dask_address: Optional[str] = None,
-                      ray_address: Optional[str] = None) -> dict[str, Any]:
+                      ray_address: Optional[str] = None, device: str = "cpu") -> dict[str, Any]:
     """Build `recipe` into `out`, then publish it only if the build finished whole (complete,
     every shard, counts reconciled); a failed build fails this flow run and publishes nothing."""
     target = expand_out(out)
     scheduled_build(recipe=recipe, out=target, runner=runner, workers=workers,
-                    dask_address=dask_address, ray_address=ray_address)  # raises if the build failed
+                    dask_address=dask_address, ray_address=ray_address, device=device)  # raises if it failed
     result = publish_built_run(target, dict(publish or {}))
     return {"run": str(Path(target)), "published": result}
 

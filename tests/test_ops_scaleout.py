@@ -105,3 +105,42 @@ def test_runner_choices_and_conflicting_addresses(tmp_path):
     res = CliRunner().invoke(app, ["build", "demo", "-o", str(tmp_path / "x"), "--runner", "ray",
                                    "--dask-address", "tcp://127.0.0.1:1"])
     assert res.exit_code == 2 and "--runner ray does not go with --dask-address" in res.output
+
+
+def test_bad_device_and_url_out_fail_before_any_work(tmp_path):
+    from flows.cli import app
+
+    import torch
+
+    cases = [(["--device", "gpu"], "use cpu, cuda or cuda:N"),
+             (["-o", "s3://bucket/run"], "a run folder is a local path")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "no usable CUDA GPU"))
+    for extra, words in cases:
+        args = ["build", "demo", "-o", str(tmp_path / "x")] + extra
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and words in res.output, (extra, res.output)
+    assert list(tmp_path.iterdir()) == [] and not Path("s3:").exists()
+    # on a cluster the GPU is the workers': only the spelling is checked here
+    res = CliRunner().invoke(app, ["build", str(tmp_path / "none.yaml"), "-o", str(tmp_path / "y"),
+                                   "--device", "cuda:1", "--dask-address", "tcp://127.0.0.1:1"])
+    assert res.exit_code == 2 and "no recipe at" in res.output and "--device" not in res.output
+
+
+def test_gpu_builds_ask_the_cluster_for_one_gpu_per_shard():
+    import dask
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+    from prefect_ray import RayTaskRunner
+    from prefect_ray.context import RemoteOptionsContext
+
+    from flows.build import gpu_placement
+
+    with gpu_placement("cuda", RayTaskRunner()):
+        assert RemoteOptionsContext.get().current_remote_options == {"num_gpus": 1}
+    assert RemoteOptionsContext.get().current_remote_options == {}
+    with gpu_placement("cuda", DaskTaskRunner()):
+        assert dask.get_annotations() == {"resources": {"GPU": 1}}
+    for device, runner in (("cpu", RayTaskRunner()), ("cpu", DaskTaskRunner()), ("cuda", ThreadPoolTaskRunner())):
+        with gpu_placement(device, runner):
+            assert dask.get_annotations() == {} and RemoteOptionsContext.get().current_remote_options == {}
