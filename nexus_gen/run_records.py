@@ -8,8 +8,9 @@ Statuses:
 - `partial`: a build that finished what it was asked but not its whole recipe (`--limit`), or
   that stopped without an error.
 - `failed`: the run recorded an error (`last_error`).
-- `running`: a run that records its process (`pid`, `host` in run.json) whose process is alive
-  on this host, or a run.json saying `running` that changed within `STALE_AFTER_S`.
+- `running`: a run.json saying `running` whose process (`pid`, `host` in it) is alive on this
+  host, or, without a pid, whose folder changed within `STALE_AFTER_S` (a training run appends
+  to metrics.jsonl and writes checkpoints as it goes; its progress is metrics.jsonl's last step).
 - `unfinished`: started, with no final record (or the final record is older than later work):
   still running, or stopped (killed, crashed). Rerunning the same command resumes it.
 - `damaged`: the record file is not readable JSON.
@@ -234,32 +235,72 @@ def _finished_build(run: Path, r: dict[str, Any], name: str, updated: Optional[f
 
 
 # -- runs that name their kind (train, ...) ------------------------------------------------------
+def _newest_entry(run: Path) -> Optional[float]:
+    """The newest change among a run folder's top-level entries (a training run appends to
+    metrics.jsonl and writes checkpoints while its run.json still says step 0)."""
+    times = []
+    try:
+        for e in os.scandir(run):
+            try:
+                times.append(e.stat(follow_symlinks=False).st_mtime_ns)
+            except OSError:
+                continue
+    except OSError:
+        return None
+    return max(times) / 1e9 if times else None
+
+
+def _last_step(run: Path) -> Optional[int]:
+    """The step of the last complete line of metrics.jsonl (read from the end)."""
+    try:
+        with open(run / "metrics.jsonl", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            step = json.loads(line).get("step")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            continue
+        if isinstance(step, int):
+            return step
+    return None
+
+
 def _kind_record(run: Path, r: dict[str, Any]) -> RunRecord:
-    updated = _updated(run, (RUN_FILE,))
+    updated = _newest_entry(run)
     status = str(r.get("status", "?"))
     note = ""
+    done, planned = r.get("step"), r.get("max_steps")
     if status == "running":
+        logged = _last_step(run)
+        if logged is not None and (done is None or logged > done):
+            done = logged  # run.json is rewritten at the end; metrics.jsonl as it goes
         pid, host = r.get("pid"), r.get("host")
         if isinstance(pid, int) and host == socket.gethostname():
             if not _pid_alive(pid):
                 status, note = "unfinished", f"run.json says running, but its process {pid} is gone"
         elif updated is not None and time.time() - updated > STALE_AFTER_S:
             status = "unfinished"
-            note = (f"run.json says running but has not changed for {_age(time.time() - updated)}: "
-                    f"its process has likely stopped")
+            note = (f"run.json says running but nothing in the run folder has changed for "
+                    f"{_age(time.time() - updated)}: its process has likely stopped")
+        if status == "unfinished":
+            note += "; the same command resumes it from its last checkpoint"
     seconds = r.get("seconds")
     duration = seconds.get("run", seconds.get("total")) if isinstance(seconds, dict) else seconds
-    counts = {}
+    counts: dict[str, int] = {}
     _add(counts, r.get("counts", {}))
-    done, planned = r.get("step"), r.get("max_steps")
+    reasons = dict(r.get("rejects_by_reason") or (r.get("counts") or {}).get("skipped_by_reason") or {})
     unit = "steps" if done is not None or planned is not None else ""
     if "shards" in r and isinstance(r["shards"], dict):
         done, planned, unit = r["shards"].get("done"), r["shards"].get("planned"), "shards"
     name = str(r.get("stage") or r.get("name") or r.get("recipe") or "?")
-    details = {k: r[k] for k in ("stage", "config", "checkpoint", "world_size", "metrics") if k in r}
-    return RunRecord(str(run), str(r["kind"]), status, name, done, planned, unit, counts,
-                     dict(r.get("rejects_by_reason", {})), duration, r.get("last_error"), updated, note,
-                     details)
+    details = {k: r[k] for k in ("stage", "final_loss", "world_size", "global_batch", "precision", "device",
+                                 "config_hash", "resumed_from", "metrics") if k in r}
+    return RunRecord(str(run), str(r["kind"]), status, name, done, planned, unit, counts, reasons,
+                     duration, r.get("last_error"), updated, note, details)
 
 
 # -- eval runs ---------------------------------------------------------------------------------

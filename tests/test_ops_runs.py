@@ -256,3 +256,46 @@ def test_eval_runs_finished_and_unfinished(tmp_path):
     unparsed = json.loads((root / "und" / "summary.json").read_text())["unparsed_reasons"]
     assert u["status"] == "complete" and u["rejects_by_reason"] == unparsed
     assert u["rejected"] >= len(items) - 2  # every item without a prediction, at least
+
+
+def test_real_training_runs(tmp_path, monkeypatch):
+    """Runs written by the training loop itself: complete, failed, and stopped mid-run (a copy
+    taken at step 5: run.json still says running at step 0; metrics.jsonl goes on)."""
+    from train_fixtures import register_toy, toy_config, write_toy_shards
+
+    from nexus_gen.train.train_config import config_from_dict
+    from nexus_gen.train.train_loop import train
+    from nexus_gen.train.train_metrics import read_metrics
+
+    register_toy(monkeypatch)
+    shards = write_toy_shards(tmp_path / "data", editing=16, other=4)
+    root = tmp_path / "train"
+    cfg = config_from_dict(toy_config(shards, train={"max_steps": 8}))
+    train(cfg, root / "done")
+
+    def stop_at_5(step, row):
+        if step == 5:
+            shutil.copytree(root / "failed", root / "stopped")  # what a SIGKILL now would leave
+            raise RuntimeError("loss exploded at step 5")
+
+    with pytest.raises(RuntimeError, match="exploded"):
+        train(cfg, root / "failed", on_step=stop_at_5)
+    runs = _by_name(json.loads(runner.invoke(app, ["runs", "list", str(root), "--json"]).output))
+    assert set(runs) == {"done", "failed", "stopped"}
+    done = runs["done"]
+    ref = json.loads((root / "done" / "run.json").read_text())
+    assert (done["kind"], done["status"], done["name"], done["done"], done["planned"]) == ("train", "complete", "toy", 8, 8)
+    assert done["counts"]["samples"] == ref["counts"]["samples"] > 0 and done["duration_s"] == ref["seconds"]
+    assert done["rejects_by_reason"] == ref["counts"]["skipped_by_reason"]
+    failed = runs["failed"]
+    assert failed["status"] == "failed" and failed["last_error"] == "RuntimeError: loss exploded at step 5"
+    stopped = runs["stopped"]
+    assert json.loads((root / "stopped" / "run.json").read_text())["step"] == 0
+    assert stopped["status"] == "running"  # it changed a moment ago: it may be running
+    assert stopped["done"] == read_metrics(root / "stopped")[-1]["step"] >= 4
+    hour_ago = time.time() - 3600
+    for p in [root / "stopped", *(root / "stopped").rglob("*")]:
+        os.utime(p, (hour_ago, hour_ago), follow_symlinks=False)
+    res = runner.invoke(app, ["runs", "show", str(root / "stopped"), "--json"])
+    rec = json.loads(res.output)
+    assert rec["status"] == "unfinished" and "nothing in the run folder has changed for 1 h" in rec["note"]
