@@ -73,30 +73,41 @@ def _check_schedule(where: str, e: Entry, timezone: str) -> None:
         raise ScheduleError(f"{where}: {msgs}") from None
 
 
-def _check_parameters(where: str, e: Entry, flow: Any, base: Path) -> None:
+def _check_call(where: str, flow: Any, params: dict[str, Any], label: str, given: tuple[str, ...] = ()) -> None:
+    """`params` fit `flow`'s signature (names, required ones, types); `given` are supplied by
+    the caller (not by the file)."""
     import inspect
 
-    from flows.scheduled import placeholder_problem
-
     sig = inspect.signature(flow.fn)
-    unknown = sorted(set(e.parameters) - set(sig.parameters))
+    names = [n for n in sig.parameters if n not in given]
+    unknown = sorted(set(params) - set(names))
     if unknown:
-        raise ScheduleError(f"{where}: unknown parameter {unknown[0]!r} for flow {e.flow}; "
-                            f"its parameters: {', '.join(sig.parameters)}")
-    missing = [n for n, p in sig.parameters.items()
-               if p.default is inspect.Parameter.empty and n not in e.parameters]
+        raise ScheduleError(f"{where}: unknown parameter {unknown[0]!r} for {label}; "
+                            f"its parameters: {', '.join(names)}")
+    missing = [n for n in names if sig.parameters[n].default is inspect.Parameter.empty and n not in params]
     if missing:
-        raise ScheduleError(f"{where}: flow {e.flow} needs parameter {missing[0]!r}")
+        raise ScheduleError(f"{where}: {label} needs parameter {missing[0]!r}")
     quiet = logging.getLogger("prefect.flows")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # it logs every failed validation as an ERROR with a traceback
     try:
-        flow.validate_parameters(e.parameters)
+        flow.validate_parameters({**params, **{n: "x" for n in given}})
     except Exception as exc:  # prefect's ParameterTypeError: pydantic's message
         msg = " ".join(str(exc).replace("Flow run received invalid parameters:", "").split())
-        raise ScheduleError(f"{where}: parameters do not fit flow {e.flow}: {msg}") from None
+        raise ScheduleError(f"{where}: parameters do not fit {label}: {msg}") from None
     finally:
         quiet.setLevel(level)
+
+
+def _check_parameters(where: str, e: Entry, flow: Any, base: Path) -> None:
+    from flows.scheduled import placeholder_problem
+
+    _check_call(where, flow, e.parameters, f"flow {e.flow}")
+    if e.flow == "build-and-publish":  # its `publish` parameters are the publishing flow's
+        from flows.publish import publish_flow
+
+        _check_call(where, publish_flow, dict(e.parameters.get("publish") or {}),
+                    "publish (flows.publish.publish_flow)", given=("run_dir",))
     out = e.parameters.get("out")
     if isinstance(out, str) and (problem := placeholder_problem(out)):
         raise ScheduleError(f"{where}: parameter out {problem}")

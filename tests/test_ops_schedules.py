@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -75,6 +74,14 @@ GOOD = {"name": "nightly", "flow": "scheduled-build", "cron": "0 2 * * *",
     ({"interval": 60}, "exactly one of cron or interval"),
     ({"cronn": "0 2 * * *"}, "cronn"),
     ({"name": "Nightly Build"}, "lowercase"),
+    ({"flow": "build-and-publish", "parameters": {"recipe": "demo", "out": "x", "publish": {}}},
+     "publish (flows.publish.publish_flow) needs parameter 'repo_id'"),
+    ({"flow": "build-and-publish", "parameters": {"recipe": "demo", "out": "x",
+                                                  "publish": {"repo_id": "o/r", "privat": True}}},
+     "unknown parameter 'privat' for publish"),
+    ({"flow": "build-and-publish", "parameters": {"recipe": "demo", "out": "x",
+                                                  "publish": {"repo_id": "o/r", "retries": "often"}}},
+     "retries"),
 ])
 def test_bad_schedule_files_fail_before_serving(tmp_path, change, words):
     spec = tmp_path / "schedules.yaml"
@@ -107,23 +114,17 @@ def test_out_takes_the_scheduled_date():
 
 
 # -- build and publish ----------------------------------------------------------------------------
-@pytest.fixture()
-def fake_publish(monkeypatch):
-    """A stand-in `flows.publish` that records what it was asked to publish."""
-    calls: list = []
-    module = types.ModuleType("flows.publish")
-    module.publish_flow = lambda run, **kw: calls.append((run, kw)) or {"repo": kw.get("repo_id")}
-    monkeypatch.setitem(sys.modules, "flows.publish", module)
-    return calls
-
-
 @pytest.mark.slow
-def test_a_failed_build_publishes_nothing(tmp_path, prefect_harness, fake_publish, monkeypatch):
+def test_a_failed_build_publishes_nothing(tmp_path, prefect_harness, monkeypatch):
+    """Through the real publishing flow into a local hub folder (`dir:`): a failed build leaves
+    it empty, a complete one is published, a --limit build is refused."""
     import flows.build
     from flows.scheduled import PublishRefused, build_and_publish, publish_built_run, publish_refusal
     from nexus_gen.edit.build import build
 
     recipe = _tiny_recipe(tmp_path / "r")
+    hub = tmp_path / "hub"
+    publish = {"repo_id": "my-org/nightly", "hub": f"dir:{hub}"}
     real = flows.build.run_shard
 
     def broken(plan, ctx):  # not a transient error: no retry
@@ -131,21 +132,23 @@ def test_a_failed_build_publishes_nothing(tmp_path, prefect_harness, fake_publis
 
     monkeypatch.setattr(flows.build, "run_shard", broken)
     with pytest.raises(RuntimeError, match="backend crashed"):
-        build_and_publish(recipe=str(recipe), out=str(tmp_path / "bad"), publish={"repo_id": "o/r"})
-    assert fake_publish == []
+        build_and_publish(recipe=str(recipe), out=str(tmp_path / "bad"), publish=publish)
+    assert not hub.exists()
     assert json.loads((tmp_path / "bad" / "run.json").read_text())["status"] == "failed"
     assert "build status failed" in publish_refusal(str(tmp_path / "bad"))
 
     monkeypatch.setattr(flows.build, "run_shard", real)
-    out = build_and_publish(recipe=str(recipe), out=str(tmp_path / "good-{date}"), publish={"repo_id": "o/r"})
+    out = build_and_publish(recipe=str(recipe), out=str(tmp_path / "good-{date}"), publish=publish)
     run = tmp_path / f"good-{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}"
-    assert out["run"] == str(run) and fake_publish == [(str(run), {"repo_id": "o/r"})]
-    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+    assert out["run"] == str(run) and json.loads((run / "run.json").read_text())["status"] == "complete"
+    repo = hub / "my-org" / "nightly"
+    assert (repo / "README.md").is_file() and list(repo.rglob("*.parquet"))
+    published = sorted(p.relative_to(hub) for p in hub.rglob("*"))
 
-    build(_tiny_recipe(tmp_path / "r2", scenes=4), tmp_path / "limited", limit=1)  # finished what it was asked, not the recipe
+    build(_tiny_recipe(tmp_path / "r2", scenes=4), tmp_path / "limited", limit=1)  # not the whole recipe
     with pytest.raises(PublishRefused, match="partial"):
-        publish_built_run(str(tmp_path / "limited"), {})
-    assert len(fake_publish) == 1
+        publish_built_run(str(tmp_path / "limited"), {**publish, "repo_id": "my-org/limited"})
+    assert sorted(p.relative_to(hub) for p in hub.rglob("*")) == published
     assert "not a run folder" in publish_refusal(str(tmp_path))
 
 
