@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nexus_gen.models.diffsynth_flux_keys import (diffusers_to_fluxdit, flux_config_from_fluxdit,
+from nexus_gen.models.diffsynth_flux_keys import (diffusers_to_fluxdit, flux_transformer_config,
                                                  fluxdit_to_diffusers)
 
 TINY = dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
@@ -113,22 +113,22 @@ def test_real_flux_dev_shape_has_1160_diffusers_and_780_fluxdit_tensors():
     assert fd["blocks.18.attn.a_to_qkv.weight"].shape == (3072 * 3, 3072)
     back = fluxdit_to_diffusers(fd)
     assert {k: tuple(v.shape) for k, v in back.items()} == {k: tuple(v.shape) for k, v in state.items()}
-    config = flux_config_from_fluxdit(fd)
-    assert config == dict(in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                          num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-                          guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+    assert flux_transformer_config(state) == flux_transformer_config(fd) == dict(
+        in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+        joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
 
 
 def test_config_from_fluxdit_builds_a_model_that_loads_strictly():
     from diffusers import FluxTransformer2DModel
 
     state = _tiny_state()
-    config = flux_config_from_fluxdit(diffusers_to_fluxdit(state), axes_dims_rope=(4, 6, 6))
+    config = flux_transformer_config(diffusers_to_fluxdit(state), axes_dims_rope=(4, 6, 6))
     assert config == TINY
     model = FluxTransformer2DModel(**config)
     model.load_state_dict(fluxdit_to_diffusers(diffusers_to_fluxdit(state)), strict=True)
+    assert flux_transformer_config(state, axes_dims_rope=(4, 6, 6)) == TINY  # diffusers names too
     with pytest.raises(ValueError, match="axes_dims_rope"):
-        flux_config_from_fluxdit(diffusers_to_fluxdit(state))
+        flux_transformer_config(diffusers_to_fluxdit(state))
 
 
 def test_bad_input_names_the_keys():

@@ -190,25 +190,37 @@ def fluxdit_to_diffusers(state_dict: Mapping[str, torch.Tensor], *,
     return out
 
 
-def flux_config_from_fluxdit(state_dict: Mapping[str, torch.Tensor], *,
-                             axes_dims_rope: tuple[int, int, int] | None = None) -> dict:
-    """`FluxTransformer2DModel` config kwargs read off FluxDiT tensor shapes (RoPE axes are not stored:
-    pass them, else FLUX.1-dev's (16, 56, 56) is used when the head dim is 128)."""
+# where each config field is read, under FluxDiT and under diffusers names
+_CONFIG_KEYS = {
+    "fluxdit": dict(head="blocks.0.attn.norm_q_a.weight", double="blocks.", single="single_blocks.",
+                    pooled="pooled_text_embedder.0.weight",
+                    guidance="guidance_embedder.timestep_embedder.0.weight"),
+    "diffusers": dict(head="transformer_blocks.0.attn.norm_q.weight", double="transformer_blocks.",
+                      single="single_transformer_blocks.", pooled="time_text_embed.text_embedder.linear_1.weight",
+                      guidance="time_text_embed.guidance_embedder.linear_1.weight"),
+}
+
+
+def flux_transformer_config(state_dict: Mapping[str, torch.Tensor], *,
+                            axes_dims_rope: tuple[int, int, int] | None = None) -> dict:
+    """`FluxTransformer2DModel` config kwargs read off tensor shapes (FluxDiT or diffusers names). RoPE
+    axes are not stored: pass them, else FLUX.1-dev's (16, 56, 56) is used when the head dim is 128."""
+    names = _CONFIG_KEYS["fluxdit" if "blocks.0.attn.norm_q_a.weight" in state_dict else "diffusers"]
     try:
-        head_dim = int(state_dict["blocks.0.attn.norm_q_a.weight"].shape[0])
+        head_dim = int(state_dict[names["head"]].shape[0])
         dim = int(state_dict["x_embedder.weight"].shape[0])
         config = dict(
             in_channels=int(state_dict["x_embedder.weight"].shape[1]),
-            num_layers=len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")}),
-            num_single_layers=len({k.split(".")[1] for k in state_dict if k.startswith("single_blocks.")}),
+            num_layers=len({k.split(".")[1] for k in state_dict if k.startswith(names["double"])}),
+            num_single_layers=len({k.split(".")[1] for k in state_dict if k.startswith(names["single"])}),
             attention_head_dim=head_dim,
             num_attention_heads=dim // head_dim,
             joint_attention_dim=int(state_dict["context_embedder.weight"].shape[1]),
-            pooled_projection_dim=int(state_dict["pooled_text_embedder.0.weight"].shape[1]),
-            guidance_embeds="guidance_embedder.timestep_embedder.0.weight" in state_dict,
+            pooled_projection_dim=int(state_dict[names["pooled"]].shape[1]),
+            guidance_embeds=names["guidance"] in state_dict,
         )
     except KeyError as err:
-        raise ValueError(f"not a FluxDiT state dict: missing {err.args[0]}") from None
+        raise ValueError(f"not a FLUX transformer state dict: missing {err.args[0]}") from None
     if axes_dims_rope is None:
         if head_dim != 128:
             raise ValueError(f"axes_dims_rope is not stored in the weights; pass it (head dim {head_dim})")
