@@ -158,3 +158,56 @@ def write_published(folder: Path, *, v1: bool = False) -> dict:
     ar = current_ar_state()
     write_ar(folder, ar, v1=v1)
     return {"ar": ar, **write_decoders(folder, v1=v1)}
+
+
+def flat_449_config(config) -> dict:
+    """A transformers-4.49-style flat `qwen2_5_vl` config.json for a current Qwen2_5_VLConfig, with
+    an `auto_map` to remote code and no `nexus_gen` key (as the published config)."""
+    text, vision = config.text_config.to_dict(), config.vision_config.to_dict()
+    rope = text.get("rope_parameters") or {}
+    out = {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "auto_map": CONFIG_449["auto_map"],
+           "model_type": "qwen2_5_vl", "transformers_version": "4.49.0", "torch_dtype": "float32",
+           "tie_word_embeddings": False, "rope_theta": rope.get("rope_theta", 1000000.0),
+           "rope_scaling": {"type": "mrope", "mrope_section": list(rope["mrope_section"])}}
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "hidden_act",
+                "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id", "sliding_window",
+                "use_sliding_window", "max_window_layers", "initializer_range"):
+        if text.get(key) is not None:
+            out[key] = text[key]
+    for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        out[key] = getattr(config, key)
+    out["vision_config"] = {k: vision[k] for k in (
+        "depth", "hidden_act", "hidden_size", "intermediate_size", "num_heads", "out_hidden_size", "patch_size",
+        "spatial_merge_size", "temporal_patch_size", "window_size", "fullatt_block_indexes", "tokens_per_second")}
+    out["vision_config"]["in_chans"] = vision.get("in_channels", 3)
+    return out
+
+
+def write_published_from_pipeline(pipe, folder: Path, *, v1: bool = False) -> None:
+    """A `NexusGenPipeline`'s weights written in the published layout (AR in 4.49 names with an
+    untied lm_head copy, processor files, decoders as FluxDiT-named .bin files)."""
+    from nexus_gen.models.diffsynth_flux_keys import diffusers_to_fluxdit
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ar = pipe.ar
+    state = {k: v.detach().clone() for k, v in ar.state_dict().items()}
+    state["lm_head.weight"] = ar.get_output_embeddings().weight.detach().clone()
+    write_ar(folder, state, v1=v1, config=flat_449_config(ar.config))
+    ar.processor.save_pretrained(str(folder))
+    ar.generation_config.save_pretrained(str(folder))
+
+    def dit_part(dec) -> dict:
+        return {f"pipe.dit.{k}": v for k, v in diffusers_to_fluxdit(
+            {k: v.detach().clone() for k, v in dec.dit.state_dict().items()}).items()}
+
+    gen = pipe.generation_decoder
+    adapter = {f"{k}": v.detach().clone() for k, v in gen.adapter.state_dict().items()}
+    if v1:
+        torch.save({**adapter, **{k[len("pipe.dit."):]: v for k, v in dit_part(gen).items()}},
+                   folder / "decoder_81_512.bin")
+        return
+    torch.save({**{f"adapter.{k}": v for k, v in adapter.items()}, **dit_part(gen)}, folder / "generation_decoder.bin")
+    edit = pipe.editing_decoder
+    merger = {f"embedding_merger.{k}": v.detach().clone() for k, v in edit.embedding_merger.state_dict().items()}
+    torch.save({**merger, **dit_part(edit)}, folder / "edit_decoder.bin")

@@ -294,3 +294,65 @@ def editing_decoder_state(path: str | Path, *, dtype: Optional[torch.dtype] = No
 def dit_config_of(state: Mapping[str, torch.Tensor], axes_dims_rope: Optional[tuple[int, int, int]] = None) -> dict:
     """`FluxTransformer2DModel` kwargs for the `dit.*` part of a decoder state (FLUX.1-dev RoPE by default)."""
     return flux_transformer_config(_take(state, "dit."), axes_dims_rope=axes_dims_rope)
+
+
+def _build_dit(state: Mapping[str, torch.Tensor], base_config: dict, where: str) -> Any:
+    """A diffusers `FluxTransformer2DModel` of the base's config holding the `dit.*` tensors of a
+    decoder state (built on the meta device, the tensors assigned: no second copy in memory)."""
+    from diffusers import FluxTransformer2DModel
+
+    dit_state = _take(state, "dit.")
+    found = flux_transformer_config(dit_state, axes_dims_rope=tuple(base_config.get("axes_dims_rope", (16, 56, 56))))
+    differ = {k: (v, base_config.get(k)) for k, v in found.items()
+              if k != "axes_dims_rope" and base_config.get(k) is not None and base_config.get(k) != v}
+    if differ:
+        raise ValueError(f"{where}: the DiT weights do not fit the FLUX base's transformer config "
+                         f"(weights vs base): {differ}")
+    with torch.device("meta"):
+        dit = FluxTransformer2DModel.from_config(base_config)
+    dit.load_state_dict(dit_state, strict=True, assign=True)
+    return dit
+
+
+def load_reference_pipeline_parts(source: str | Path, *, base: str | Path = FLUX_BASE,
+                                  dtype: torch.dtype = torch.float32, decoders: tuple = ("generation", "editing"),
+                                  geometry: Optional[Mapping[str, int]] = None) -> tuple[Any, Any, Any, dict]:
+    """(AR model with processor, generation decoder, editing decoder or None, info) of a published
+    checkpoint, the decoders built on the FLUX `base` (`tiny`, `paper`, a folder or a hub id)."""
+    from nexus_gen.models.edit_decoder import EDIT_PROFILES, NexusGenEditingDecoder
+    from nexus_gen.models.flow_matching import load_flux_parts
+    from nexus_gen.models.flow_matching import resolve_flux_base as named_flux_base
+    from nexus_gen.models.gen_decoder import GEN_PROFILES, NexusGenGenerationDecoder
+
+    ckpt = inspect_reference(resolve_reference(source))
+    named = named_flux_base(str(base))
+    base_dir = resolve_flux_base(named)
+    transformer_config = base_dir / "transformer" / "config.json"
+    if not transformer_config.is_file():
+        raise ValueError(f"FLUX base {base}: no transformer/config.json (needed for the DiT's shape)")
+    base_config = json.loads(transformer_config.read_text(encoding="utf-8"))
+    ar = load_reference_ar(ckpt.folder, dtype=dtype, geometry=geometry)
+    if getattr(ar, "processor", None) is None:
+        raise ValueError(f"{ckpt.folder}: no processor files (tokenizer / preprocessor config) beside the AR weights")
+    d, geo = ar.config.text_config.hidden_size, ar.geometry
+    gen = edit = None
+    if "generation" in decoders:
+        state = generation_decoder_state(ckpt.generation_decoder, dtype=dtype)
+        cfg = dict(GEN_PROFILES["paper"], base=str(base_dir), embed_dim=d, profile="published")
+        gen = NexusGenGenerationDecoder(cfg, dit=_build_dit(state, base_config, str(ckpt.generation_decoder)),
+                                        **load_flux_parts(str(base_dir), with_dit=False, dtype=dtype))
+        gen.adapter.load_state_dict(_take(state, "adapter."), strict=True)
+    if "editing" in decoders and ckpt.editing_decoder is not None:
+        state = editing_decoder_state(ckpt.editing_decoder, dtype=dtype)
+        cfg = dict(EDIT_PROFILES["paper"], base=str(base_dir), embed_dim=d, profile="published",
+                   image_tokens=geo["image_tokens"], source_tokens=geo["source_tokens"],
+                   merger_text_config=ar.config.text_config.to_dict(),
+                   projector_hidden=int(state["embedding_merger.projector.1.weight"].shape[0]))
+        edit = NexusGenEditingDecoder(cfg, dit=_build_dit(state, base_config, str(ckpt.editing_decoder)),
+                                      **load_flux_parts(str(base_dir), with_dit=False, dtype=dtype))
+        edit.embedding_merger.load_state_dict(_take(state, "embedding_merger."), strict=True)
+    elif "editing" in decoders:
+        log.info("%s is %s: it has no editing decoder; edits go through the generation decoder",
+                 ckpt.folder, ckpt.version)
+    info = {"version": ckpt.version, "edit_decoder": "editing" if ckpt.editing_decoder else "generation"}
+    return ar, gen, edit, info
