@@ -6,8 +6,9 @@
   its outputs are noise-like: it exercises the real pipeline path, not editing quality).
 - any other name: a diffusers InstructPix2Pix pipeline by hub id or local folder (e.g.
   `timbrooks/instruct-pix2pix`), loaded with `StableDiffusionInstructPix2PixPipeline.from_pretrained`.
-- `nexus-gen`: the slot for the Nexus-Gen editing pipeline. It does not exist in this project
-  yet, so choosing it fails before any work, saying so (it is not faked by another model)."""
+- `nexus-gen` (the published Nexus-GenV2), `nexus-gen:SOURCE` (`tiny`, a folder, a published id) or
+  a saved `NexusGenPipeline` folder: Nexus-Gen's editing (`NexusGenEditor`; `guidance` is its
+  classifier-free scale, 1.0 by default as the reference's)."""
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,6 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 TINY_STEPS = 2  # the tiny pipeline's default: its output is noise whatever the step count
-NEXUS_GEN = "nexus-gen"
 
 
 class Editor(Protocol):
@@ -77,6 +77,21 @@ class InstructPix2PixEditor:
         return out.images[0].convert("RGB")
 
 
+class NexusGenEditor:
+    """A `NexusGenPipeline`'s `edit` (its editing decoder; V1 checkpoints: the generation decoder)."""
+
+    def __init__(self, source: str, device: str = "cpu", dtype: str = "float32", steps: Optional[int] = None,
+                 guidance: Optional[float] = None) -> None:
+        from nexus_gen.models.nexus_pipeline import load_nexus_pipeline
+
+        self.pipe = load_nexus_pipeline(source, device, dtype)
+        self.model_id = self.pipe.model_id
+        self.steps, self.guidance = steps, guidance
+
+    def edit(self, image: Image.Image, instruction: str, seed: int) -> Image.Image:
+        return self.pipe.edit([image], [instruction], steps=self.steps, cfg=self.guidance, seed=[seed])[0]
+
+
 @dataclass
 class EditorSpec:
     """How to build an editor: `identity`, `tiny`, `nexus-gen` or a pipeline id / folder, and the
@@ -93,9 +108,11 @@ class EditorSpec:
         """Fail before any work on an editor that cannot be used."""
         if not self.name or not self.name.strip():
             raise ValueError("--editor is empty: use identity, tiny, or an InstructPix2Pix id / folder")
-        if self.name == NEXUS_GEN:
-            raise ValueError("--editor nexus-gen: the Nexus-Gen editing pipeline is not part of this "
-                             "version yet; use identity, tiny or a diffusers InstructPix2Pix id")
+        from nexus_gen.models.nexus_pipeline import check_nexus_source, nexus_source
+
+        source = nexus_source(self.name)
+        if source is not None:
+            check_nexus_source(source, "--editor")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
 
@@ -110,6 +127,11 @@ def build_editor(spec: EditorSpec) -> Editor:
     spec.check()
     if spec.name == "identity":
         return IdentityEditor()
+    from nexus_gen.models.nexus_pipeline import nexus_source
+
+    source = nexus_source(spec.name)
+    if source is not None:
+        return NexusGenEditor(source, spec.device, spec.dtype, spec.steps, spec.guidance)
     if spec.name == "tiny":
         from nexus_gen.models.tiny import tiny_ip2p_dir
 

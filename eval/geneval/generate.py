@@ -3,7 +3,8 @@
 Any generator with a `model_id` and `generate(metadata, seeds) -> images` fits: a diffusers pipeline
 (hub id or local directory), the tiny random pipeline (`tiny`), and for the scenes prompt set the
 `ground-truth` renderer and `noise`. Each image has its own seed, a pure function of (base seed,
-prompt index, sample number), so a resumed run regenerates exactly the missing images."""
+prompt index, sample number), so a resumed run regenerates exactly the missing images. A Nexus-Gen
+pipeline is named `nexus-gen[:SOURCE]` or by its saved folder (`NexusGenGenerator`)."""
 from __future__ import annotations
 
 import hashlib
@@ -104,6 +105,22 @@ class DiffusersGenerator:
         return [im.convert("RGB") for im in result.images]
 
 
+class NexusGenGenerator:
+    """A `NexusGenPipeline` (generation decoder only); `guidance` is its classifier-free scale."""
+
+    def __init__(self, source: str, device: str = "cpu", dtype: str = "float32", steps: Optional[int] = None,
+                 guidance: Optional[float] = None, size: Optional[int] = None):
+        from nexus_gen.models.nexus_pipeline import load_nexus_pipeline
+
+        self.pipe = load_nexus_pipeline(source, device, dtype, decoders=("generation",))
+        self.model_id = self.pipe.model_id
+        self.steps, self.guidance, self.size = steps, guidance, size
+
+    def generate(self, metadata: dict[str, Any], seeds: Sequence[int]) -> list[Image.Image]:
+        return self.pipe.generate([metadata["prompt"]] * len(seeds), height=self.size, width=self.size,
+                                  steps=self.steps, cfg=self.guidance, seed=list(seeds))
+
+
 @dataclass
 class GeneratorSpec:
     """How to build a generator: a name (`tiny`, `ground-truth`, `noise`), a local directory or a
@@ -151,6 +168,12 @@ def check_generator_name(name: str) -> str:
     """Return the kind of generator `name` denotes (`named`, `local`, `hub`) or raise ValueError."""
     if name in NAMED_GENERATORS:
         return "named"
+    from nexus_gen.models.nexus_pipeline import check_nexus_source, nexus_source
+
+    source = nexus_source(name)
+    if source is not None:
+        check_nexus_source(source, "generator")
+        return "nexus"
     if Path(name).is_dir():
         if not (Path(name) / "model_index.json").is_file():
             raise ValueError(f"generator directory {name!r} has no model_index.json: not a diffusers "
@@ -159,7 +182,7 @@ def check_generator_name(name: str) -> str:
     if _looks_like_hub_id(name):
         return "hub"
     raise ValueError(f"unknown generator {name!r}: use one of {sorted(NAMED_GENERATORS)}, a local "
-                     f"diffusers pipeline directory, or a hub id like 'owner/model'")
+                     f"diffusers pipeline directory, a hub id like 'owner/model', or nexus-gen[:SOURCE]")
 
 
 def make_generator(spec: GeneratorSpec) -> Generator:
@@ -167,6 +190,11 @@ def make_generator(spec: GeneratorSpec) -> Generator:
     kind = check_generator_name(spec.name)
     if kind == "named":
         return NAMED_GENERATORS[spec.name](spec)
+    if kind == "nexus":
+        from nexus_gen.models.nexus_pipeline import nexus_source
+
+        return NexusGenGenerator(nexus_source(spec.name), spec.device, spec.dtype, spec.steps, spec.guidance,
+                                 spec.size)
     return DiffusersGenerator(spec.name, device=spec.device, dtype=spec.dtype, steps=spec.steps,
                               guidance=spec.guidance, size=spec.size)
 

@@ -76,7 +76,11 @@ def check(config: UnderstandingConfig) -> Plan:
             raise ValueError(f"{name} must be >= 1, got {v}")
     if c.limit is not None and c.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {c.limit}")
-    if c.model != "tiny":
+    from nexus_gen.models.nexus_pipeline import check_nexus_source, nexus_source
+
+    if nexus_source(c.model) is not None:
+        check_nexus_source(nexus_source(c.model), "--model")
+    elif c.model != "tiny":
         from eval.geneval.run import _check_hub_source
 
         _check_hub_source(c.model, "--model", "config.json")
@@ -246,7 +250,7 @@ def comparability(task: str, model: str, limit: Optional[int], denom: dict[str, 
     why = []
     if task == "scenes":
         why.append("the scenes QA is our offline benchmark: no published number exists")
-    if model == "tiny":
+    if model in ("tiny", "nexus-gen:tiny"):
         why.append("the tiny model is random-init: its numbers only test the pipeline")
     if limit is not None or denom["items"] < denom["items_in_data"]:
         why.append(f"a subset ({denom['items']} of {denom['items_in_data']} items)")

@@ -3,7 +3,8 @@
 `TransformersVLM` runs any transformers image-text-to-text model by hub id or local folder
 (`AutoModelForImageTextToText` + `AutoProcessor`; Qwen2.5-VL and its kin) in batches, greedy,
 with its own chat template. `tiny` is the offline random-init Qwen2.5-VL
-(`nexus_gen.models.tiny.vlm`). A Nexus-Gen adapter will implement the same `answer` method."""
+(`nexus_gen.models.tiny.vlm`). `NexusGenVLM` answers with a Nexus-Gen pipeline's AR model
+(`nexus-gen`, `nexus-gen:SOURCE` or a saved pipeline folder)."""
 from __future__ import annotations
 
 import io
@@ -83,8 +84,29 @@ class TransformersVLM:
         return [t.strip() for t in self.processor.batch_decode(new, skip_special_tokens=True)]
 
 
+class NexusGenVLM:
+    """`NexusGenPipeline.understand` (the AR model only: no decoder is loaded)."""
+
+    def __init__(self, model_id: str, source: str, device: str = "cpu", dtype: str = "float32",
+                 max_new_tokens: int = 16) -> None:
+        from nexus_gen.models.nexus_pipeline import load_nexus_pipeline
+
+        self.name = model_id
+        self.pipe = load_nexus_pipeline(source, device, dtype, decoders=())
+        self.max_new_tokens = max_new_tokens
+
+    def answer(self, batch: Sequence[Question]) -> list[str]:
+        return self.pipe.understand([[_open(b) for b in q.images] for q in batch], [q.prompt for q in batch],
+                                    max_new_tokens=self.max_new_tokens)
+
+
 def load_model(model_id: str, device: str = "cpu", dtype: str = "float32",
-               max_new_tokens: int = 16) -> TransformersVLM:
-    """The adapter for `model_id` (`tiny`, a hub id or a local folder)."""
+               max_new_tokens: int = 16) -> VLMAdapter:
+    """The adapter for `model_id` (`tiny`, a hub id, a local folder, or a Nexus-Gen pipeline name)."""
+    from nexus_gen.models.nexus_pipeline import nexus_source
+
+    source = nexus_source(model_id)
+    if source is not None:
+        return NexusGenVLM(model_id, source, device, dtype, max_new_tokens)
     return TransformersVLM(model_id, device, dtype, max_new_tokens)
 

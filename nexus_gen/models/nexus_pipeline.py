@@ -282,3 +282,51 @@ def _check_decoders(decoders: Sequence[str]) -> None:
     if unknown:
         raise ValueError(f"decoders: unknown {sorted(unknown)}; use {list(DECODERS)}")
 
+
+
+# ----- naming a pipeline in the benchmarks
+NEXUS_NAME = "nexus-gen"
+DEFAULT_PUBLISHED = "modelscope/Nexus-GenV2"
+
+
+def nexus_source(name: str) -> Optional[str]:
+    """The pipeline source a benchmark model name denotes, None when it names no Nexus-Gen pipeline:
+    `nexus-gen` -> the published V2 (`modelscope/Nexus-GenV2`), `nexus-gen:SOURCE` -> SOURCE
+    (`tiny`, a folder, a published id), a saved pipeline folder -> itself."""
+    if name == NEXUS_NAME:
+        return DEFAULT_PUBLISHED
+    if name.startswith(NEXUS_NAME + ":"):
+        return name[len(NEXUS_NAME) + 1:]
+    if (Path(name).expanduser() / PIPELINE_CONFIG).is_file():
+        return name
+    return None
+
+
+def check_nexus_source(source: str, what: str = "model") -> None:
+    """Fail before any work on a pipeline source that cannot be loaded (offline: an id must be cached)."""
+    from nexus_gen.models.reference_checkpoint import PUBLISHED
+
+    if source == "tiny":
+        return
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        if not ((folder / PIPELINE_CONFIG).is_file() or (folder / "config.json").is_file()):
+            raise ValueError(f"{what} {NEXUS_NAME}:{source}: the folder holds neither a saved NexusGenPipeline "
+                             f"({PIPELINE_CONFIG}) nor a published Nexus-Gen checkpoint (config.json)")
+        return
+    if source not in PUBLISHED:
+        raise ValueError(f"{what} {NEXUS_NAME}:{source}: use tiny, a folder, or a published id "
+                         f"({', '.join(PUBLISHED)})")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(source, "config.json"), str):
+        raise ValueError(f"{what} {NEXUS_NAME}:{source} is not in the local Hugging Face cache and the hub is "
+                         "offline (HF_HUB_OFFLINE=1): download it first, or pass a local folder")
+
+
+def load_nexus_pipeline(source: str, device: str = "cpu", dtype: str = "float32",
+                        decoders: Sequence[str] = DECODERS) -> NexusGenPipeline:
+    """`NexusGenPipeline.from_pretrained` with the dtype given by name (the benchmarks' options)."""
+    from nexus_gen.models.pipelines import torch_dtype
+
+    return NexusGenPipeline.from_pretrained(source, device=device, dtype=torch_dtype(dtype), decoders=decoders)
