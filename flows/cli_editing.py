@@ -17,7 +17,8 @@ def editing(
                              "nexus-gen shards, a MagicBrush / Emu Edit / GEdit-Bench table, or "
                              "ImgEdit's basic_edit.json"),
     editor: str = typer.Option(..., help="`identity` (returns the source), `tiny` (random-init "
-                               "InstructPix2Pix), or a diffusers InstructPix2Pix hub id / folder"),
+                               "InstructPix2Pix), a diffusers InstructPix2Pix hub id / folder, or "
+                               "`nexus-gen[:SOURCE]` (SOURCE: tiny, a folder, a released id)"),
     out: Path = typer.Option(..., help="run directory (resumable: edited images and scores are kept)"),
     limit: Optional[int] = typer.Option(None, help="the first N items (scenes: N edits, default 30)"),
     fmt: str = typer.Option("auto", "--format", help="auto, scenes, build, shards, magicbrush, "

@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 app = typer.Typer(help="Benchmarks: GenEval, GenEval-scenes, re-scoring.", no_args_is_help=True)
 
-_GEN_HELP = ("`tiny` (random-init diffusers pipeline), a diffusers pipeline hub id or local folder; "
-             "for geneval-scenes also `ground-truth` or `noise`")
+_GEN_HELP = ("`tiny` (random-init diffusers pipeline), a diffusers pipeline hub id or local folder, "
+             "`nexus-gen[:SOURCE]` (Nexus-Gen; SOURCE: tiny, a folder, a released id); for "
+             "geneval-scenes also `ground-truth` or `noise`")
 
 
 def _split_options(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

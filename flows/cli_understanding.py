@@ -28,7 +28,8 @@ def understanding(
     data: str = typer.Option(..., help="a VLMEvalKit .tsv, a parquet file / folder, for scenes "
                              "scenes:N[:SEED] or a `nexus-gen build` output folder"),
     model: str = typer.Option(..., help="`tiny` (random-init Qwen2.5-VL) or a transformers "
-                              "image-text-to-text model id / folder"),
+                              "image-text-to-text model id / folder, or "
+                              "`nexus-gen[:SOURCE]` (SOURCE: tiny, a folder, a released id)"),
     out: Path = typer.Option(..., help="run directory (resumable: saved predictions are kept)"),
     parser: str = _PARSER,
     limit: Optional[int] = typer.Option(None, help="the first N items (whole groups)"),

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from nexus_gen.data.templates import editing_messages, generation_messages
-from nexus_gen.models.nexus_pipeline import NexusGenPipeline
+from nexus_gen.models.nexus_pipeline import NexusGenPipeline, bound_pixels
 from reference_layout_fixtures import write_published_from_pipeline
 
 STEPS = 2
@@ -170,3 +170,12 @@ def test_bad_input_fails_before_work(pipe, sources, tmp_path):
         NexusGenPipeline.from_pretrained("someone/else")
     with pytest.raises(ValueError, match="takes D = 32 but the AR model gives D = 64"):
         NexusGenPipeline(pipe.ar, type("Dec", (), {"embed_dim": 32})())
+
+
+def test_input_images_are_bounded_as_the_reference():
+    # Qwen2.5-VL's smart_resize with max_pixels 262640, by hand: 1024 x 1024 is 1036 x 1036 rounded
+    # to 28, too many pixels, so scaled by sqrt(1024 * 1024 / 262640) and floored to 28: 504 x 504
+    assert bound_pixels(Image.new("RGB", (1024, 1024)), 262640).size == (504, 504)
+    # small images only round to multiples of 28: 300 -> 308, 200 -> 196
+    assert bound_pixels(Image.new("RGB", (300, 200)), 262640).size == (308, 196)
+    assert bound_pixels(Image.new("L", (300, 200)), None).mode == "RGB"

@@ -41,10 +41,12 @@ from nexus_gen.models.diffsynth_flux_keys import flux_transformer_config, fluxdi
 log = logging.getLogger(__name__)
 
 PAPER_GEOMETRY = {"image_tokens": 81, "image_size": 252, "source_image_size": 504, "source_tokens": 324}
-# id -> (hub, version). ModelScope ids are also tried on the Hugging Face hub when modelscope is absent.
+# id -> (hub, version). Without the modelscope package a ModelScope id is fetched from the Hugging
+# Face hub: V2 from its known mirror, V1 under the same id (no mirror is documented for it).
 PUBLISHED = {"DiffSynth-Studio/Nexus-GenV2": ("modelscope", "v2"),
              "modelscope/Nexus-GenV2": ("huggingface", "v2"),
              "DiffSynth-Studio/Nexus-Gen": ("modelscope", "v1")}
+HF_MIRRORS = {"DiffSynth-Studio/Nexus-GenV2": "modelscope/Nexus-GenV2"}
 FLUX_BASE = "black-forest-labs/FLUX.1-dev"
 # what a download fetches: weights, configs, tokenizer files; never remote code (*.py)
 CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.jinja", "*.model"]
@@ -75,6 +77,7 @@ def _download(repo_id: str, hub: str, patterns: list[str], cache_dir: Optional[s
         try:
             from modelscope import snapshot_download as ms_download
         except ImportError:
+            repo_id = HF_MIRRORS.get(repo_id, repo_id)
             log.info("modelscope is not installed: fetching %s from the Hugging Face hub", repo_id)
             hub = "huggingface"
         else:
