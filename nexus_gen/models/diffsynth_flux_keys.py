@@ -94,6 +94,20 @@ def _fail_unknown(unknown: list[str], direction: str) -> None:
                          f"{sorted(unknown)[:8]}")
 
 
+def _parse(key: str, global_names: Mapping[str, str], block_kinds: Mapping[str, object],
+           final_norm_order: str) -> tuple | None:
+    """('global', renamed key, tensor-fix) or ('block', kind, index, inner module, param); None if no rule."""
+    module, param = _split_param(key)
+    if module in global_names:
+        swap = final_norm_order == "shift_scale" and "norm_out.linear" in module
+        return ("global", f"{global_names[module]}.{param}", swap)
+    match = _BLOCK_RE.match(key)
+    if match is None or match.group(1) not in block_kinds:
+        return None
+    kind, index = match.group(1), match.group(2)
+    return ("block", kind, index, module[len(kind) + len(index) + 2:], param)
+
+
 def diffusers_to_fluxdit(state_dict: Mapping[str, torch.Tensor], *,
                          final_norm_order: str = "scale_shift") -> dict[str, torch.Tensor]:
     """Rename and fuse a diffusers `FluxTransformer2DModel` state dict into DiffSynth `FluxDiT` names."""
@@ -102,28 +116,22 @@ def diffusers_to_fluxdit(state_dict: Mapping[str, torch.Tensor], *,
     groups: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
     unknown: list[str] = []
     for key, tensor in state_dict.items():
-        module, param = _split_param(key)
-        if module in _GLOBAL:
-            if module == "norm_out.linear" and final_norm_order == "shift_scale":
-                tensor = _swap_halves(tensor)
-            out[f"{_GLOBAL[module]}.{param}"] = tensor
-            continue
-        match = _BLOCK_RE.match(key)
-        if match is None or match.group(1) not in _DIFFUSERS_BLOCK:
+        parsed = _parse(key, _GLOBAL, _DIFFUSERS_BLOCK, final_norm_order)
+        if parsed is None:
             unknown.append(key)
-            continue
-        kind, index = match.group(1), match.group(2)
-        inner = module[len(kind) + len(index) + 2:]
-        prefix = f"{_DIFFUSERS_BLOCK[kind]}.{index}."
-        renames, fused = (_DOUBLE, _DOUBLE_FUSED) if kind == "transformer_blocks" else (_SINGLE, _SINGLE_FUSED)
-        if inner in renames:
-            out[f"{prefix}{renames[inner]}.{param}"] = tensor
-            continue
-        target = next((name for name, parts in fused.items() if inner in parts), None)
-        if target is None:
-            unknown.append(key)
-            continue
-        groups.setdefault((prefix, target, param), {})[inner] = tensor
+        elif parsed[0] == "global":
+            out[parsed[1]] = _swap_halves(tensor) if parsed[2] else tensor
+        else:
+            _, kind, index, inner, param = parsed
+            prefix = f"{_DIFFUSERS_BLOCK[kind]}.{index}."
+            renames, fused = (_DOUBLE, _DOUBLE_FUSED) if kind == "transformer_blocks" else (_SINGLE, _SINGLE_FUSED)
+            target = next((name for name, parts in fused.items() if inner in parts), None)
+            if inner in renames:
+                out[f"{prefix}{renames[inner]}.{param}"] = tensor
+            elif target is None:
+                unknown.append(key)
+            else:
+                groups.setdefault((prefix, target, param), {})[inner] = tensor
     _fail_unknown(unknown, "diffusers -> FluxDiT")
     for (prefix, target, param), parts in sorted(groups.items()):
         fused = _DOUBLE_FUSED if prefix.startswith("blocks.") else _SINGLE_FUSED
@@ -161,31 +169,26 @@ def fluxdit_to_diffusers(state_dict: Mapping[str, torch.Tensor], *,
     out: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     for key, tensor in state_dict.items():
-        module, param = _split_param(key)
-        if module in inverse_global:
-            if module == "final_norm_out.linear" and final_norm_order == "shift_scale":
-                tensor = _swap_halves(tensor)
-            out[f"{inverse_global[module]}.{param}"] = tensor
-            continue
-        match = _BLOCK_RE.match(key)
-        if match is None or match.group(1) not in inverse:
+        parsed = _parse(key, inverse_global, inverse, final_norm_order)
+        if parsed is None:
             unknown.append(key)
             continue
-        kind, index = match.group(1), match.group(2)
-        inner = module[len(kind) + len(index) + 2:]
+        if parsed[0] == "global":
+            out[parsed[1]] = _swap_halves(tensor) if parsed[2] else tensor
+            continue
+        _, kind, index, inner, param = parsed
         prefix, new_prefix = f"{kind}.{index}.", f"{back[kind]}.{index}."
+        fused = _DOUBLE_FUSED if kind == "blocks" else _SINGLE_FUSED
         if inner in inverse[kind]:
             out[f"{new_prefix}{inverse[kind][inner]}.{param}"] = tensor
-            continue
-        fused = _DOUBLE_FUSED if kind == "blocks" else _SINGLE_FUSED
-        if inner not in fused:
+        elif inner not in fused:
             unknown.append(key)
-            continue
-        dim = _block_dim(state_dict, prefix, inner)
-        parts = fused[inner]
-        sizes = [dim] * 3 if len(parts) == 3 else [dim, dim, dim, tensor.shape[0] - 3 * dim]
-        for name, piece in zip(parts, _split_rows(key, tensor, sizes)):
-            out[f"{new_prefix}{name}.{param}"] = piece.clone()
+        else:
+            dim = _block_dim(state_dict, prefix, inner)
+            parts = fused[inner]
+            sizes = [dim] * 3 if len(parts) == 3 else [dim, dim, dim, tensor.shape[0] - 3 * dim]
+            for name, piece in zip(parts, _split_rows(key, tensor, sizes)):
+                out[f"{new_prefix}{name}.{param}"] = piece.clone()
     _fail_unknown(unknown, "FluxDiT -> diffusers")
     return out
 
