@@ -154,6 +154,18 @@ def test_bad_checkpoints_fail_before_loading(published, tmp_path):
     with pytest.raises(ValueError, match="do not fit its config.*mlp"):
         rc.load_reference_ar(other, model_cls=ar_like_class(), geometry=GEOMETRY)
 
+    extra = tmp_path / "extra-tensor"
+    shutil.copytree(folder, extra)
+    from safetensors.torch import load_file, save_file
+    shard = extra / "model-00001-of-00002.safetensors"
+    tensors = load_file(str(shard))
+    save_file({**tensors, "visual.extra.weight": torch.zeros(2)}, str(shard), metadata={"format": "pt"})
+    index = json.loads((extra / "model.safetensors.index.json").read_text())
+    index["weight_map"]["visual.extra.weight"] = shard.name
+    (extra / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"unexpected \['model\.visual\.extra\.weight'\]"):
+        rc.load_reference_ar(extra, model_cls=ar_like_class(), geometry=GEOMETRY)
+
     from transformers import Qwen2_5_VLForConditionalGeneration
     with pytest.raises(ValueError, match="no vision_head module"):
         rc.load_reference_ar(folder, model_cls=Qwen2_5_VLForConditionalGeneration, geometry=GEOMETRY)
