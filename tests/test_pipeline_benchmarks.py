@@ -11,6 +11,16 @@ from PIL import Image
 TINY = "nexus-gen:tiny"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 threads stall on the shared 2-core machine
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.slow
 def test_geneval_scenes_with_the_tiny_pipeline(tmp_path):
     from eval.geneval import layout
