@@ -259,9 +259,9 @@ def _take(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def generation_decoder_state(path: str | Path, *, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
-    """A generation decoder file (V2 prefixed or V1 unprefixed) as {'adapter.*', 'dit.*' (diffusers names)}."""
-    state = read_decoder_file(path)
+def split_generation_decoder(state: Mapping[str, torch.Tensor], where: str = "generation decoder"
+                             ) -> dict[str, torch.Tensor]:
+    """A generation decoder's flat dict (V2 prefixed or V1 unprefixed) as {'adapter.*', 'dit.*' (diffusers names)}."""
     if any(k.startswith("pipe.dit.") for k in state):
         adapter, dit = _take(state, "adapter."), _take(state, "pipe.dit.")
         other = [k for k in state if not k.startswith(("adapter.", "pipe.dit."))]
@@ -270,28 +270,38 @@ def generation_decoder_state(path: str | Path, *, dtype: Optional[torch.dtype] =
         dit = {k: v for k, v in state.items() if k not in V1_ADAPTER_KEYS}
         other = []
     if other:
-        raise ValueError(f"{path}: unexpected keys beside adapter.* and pipe.dit.*: {sorted(other)[:8]}")
+        raise ValueError(f"{where}: unexpected keys beside adapter.* and pipe.dit.*: {sorted(other)[:8]}")
     if sorted(adapter) != sorted(V1_ADAPTER_KEYS):
-        raise ValueError(f"{path}: adapter tensors {sorted(adapter)}, expected {sorted(V1_ADAPTER_KEYS)}")
+        raise ValueError(f"{where}: adapter tensors {sorted(adapter)}, expected {sorted(V1_ADAPTER_KEYS)}")
     out = {f"adapter.{k}": v for k, v in adapter.items()}
     out.update({f"dit.{k}": v for k, v in fluxdit_to_diffusers(dit).items()})
-    return _cast(out, dtype)
+    return out
 
 
-def editing_decoder_state(path: str | Path, *, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
-    """An `edit_decoder.bin` as {'embedding_merger.layers.0.*', 'embedding_merger.projector.*', 'dit.*'}."""
-    state = read_decoder_file(path)
+def split_editing_decoder(state: Mapping[str, torch.Tensor], where: str = "editing decoder"
+                          ) -> dict[str, torch.Tensor]:
+    """An editing decoder's flat dict as {'embedding_merger.layers.0.*', 'embedding_merger.projector.*', 'dit.*'}."""
     other = [k for k in state if not k.startswith(("embedding_merger.layers.0.", "embedding_merger.projector.",
                                                    "pipe.dit."))]
     if other:
-        raise ValueError(f"{path}: unexpected keys (an editing decoder holds embedding_merger.layers.0.*, "
+        raise ValueError(f"{where}: unexpected keys (an editing decoder holds embedding_merger.layers.0.*, "
                          f"embedding_merger.projector.*, pipe.dit.*): {sorted(other)[:8]}")
     out = {k: v for k, v in state.items() if k.startswith("embedding_merger.")}
     if not any(k.startswith("embedding_merger.layers.0.") for k in out) or \
             not any(k.startswith("embedding_merger.projector.") for k in out):
-        raise ValueError(f"{path}: no embedding_merger.layers.0.* or embedding_merger.projector.* tensors")
+        raise ValueError(f"{where}: no embedding_merger.layers.0.* or embedding_merger.projector.* tensors")
     out.update({f"dit.{k}": v for k, v in fluxdit_to_diffusers(_take(state, "pipe.dit.")).items()})
-    return _cast(out, dtype)
+    return out
+
+
+def generation_decoder_state(path: str | Path, *, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
+    """`split_generation_decoder` of a `generation_decoder.bin` / `decoder_81_512.bin` file."""
+    return _cast(split_generation_decoder(read_decoder_file(path), str(path)), dtype)
+
+
+def editing_decoder_state(path: str | Path, *, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
+    """`split_editing_decoder` of an `edit_decoder.bin` file."""
+    return _cast(split_editing_decoder(read_decoder_file(path), str(path)), dtype)
 
 
 def dit_config_of(state: Mapping[str, torch.Tensor], axes_dims_rope: Optional[tuple[int, int, int]] = None) -> dict:
