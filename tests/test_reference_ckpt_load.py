@@ -138,6 +138,13 @@ def test_published_ids_download_weights_only(published, monkeypatch):
     with pytest.raises(ValueError, match="not a folder and not a published id"):
         rc.resolve_reference("someone/Nexus-GenV3")
 
+    def offline(repo_id, allow_patterns=None, cache_dir=None):
+        raise OSError("offline and not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(ValueError, match="cannot fetch black-forest-labs/FLUX.1-dev .*offline and not in the cache"):
+        rc.resolve_flux_base()
+
 
 def test_bad_checkpoints_fail_before_loading(published, tmp_path):
     folder, _ = published

@@ -50,7 +50,8 @@ HF_MIRRORS = {"DiffSynth-Studio/Nexus-GenV2": "modelscope/Nexus-GenV2"}
 FLUX_BASE = "black-forest-labs/FLUX.1-dev"
 # what a download fetches: weights, configs, tokenizer files; never remote code (*.py)
 CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.jinja", "*.model"]
-FLUX_BASE_PATTERNS = ["model_index.json", "scheduler/*", "vae/*", "text_encoder/*", "tokenizer/*"]
+FLUX_BASE_PATTERNS = ["model_index.json", "scheduler/*", "vae/*", "text_encoder/*", "tokenizer/*",
+                      "transformer/config.json"]  # the DiT weights come from the Nexus-Gen decoders
 # transformers 4.49 -> current names (applied in order; the second skips already-current names)
 AR_KEY_MAPPING = {r"^visual\.": "model.visual.", r"^model\.(?!language_model\.|visual\.)": "model.language_model."}
 AR_EXTRA_KEYS = ("vision_head.weight", "image_prefill_embeds.weight")
@@ -84,7 +85,12 @@ def _download(repo_id: str, hub: str, patterns: list[str], cache_dir: Optional[s
             return Path(ms_download(repo_id, allow_file_pattern=patterns, cache_dir=cache_dir))
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id, allow_patterns=patterns, cache_dir=cache_dir))
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, cache_dir=cache_dir))
+    except Exception as err:  # offline, gated, missing: one clear error naming the repository
+        raise ValueError(f"cannot fetch {repo_id} from the Hugging Face hub ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); pass a local "
+                         "folder, or download it first") from err
 
 
 def resolve_reference(source: str | Path, *, hub: Optional[str] = None,
