@@ -20,6 +20,7 @@ import yaml
 
 from nexus_gen.hub.card_figures import score_plot_png, score_summary, triplet_scores
 from nexus_gen.hub.hub_layout import ASSETS_DIR, TRIPLETS_CONFIG, StagedConfig
+from nexus_gen.hub.publish_source import UNTYPED
 from nexus_gen.hub.source_licences import UNKNOWN, card_licence, is_builtin_model, source_licences
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,9 @@ def _applied_policy_section(selection: dict[str, Any]) -> list[str]:
              f"triplets only. Generation and understanding samples pass through unfiltered ({passed}).", ""]
     lines += _table(["edit type", "policy", "triplets in", "triplets out"],
                     [[et, r["policy"], r["rows_in"], r["rows_out"]] for et, r in selection["edit_types"].items()])
+    if UNTYPED in selection["edit_types"]:
+        lines += ["", f"(`{UNTYPED}`: mixed-in editing samples whose meta names no edit type; they have no "
+                  "row in the `triplets` config.)"]
     lines += ["", "What each rule removed (rules run in order: a triplet counts for the first rule it fails):", ""]
     rows = []
     for et, r in selection["edit_types"].items():
