@@ -1,4 +1,4 @@
-"""`nexus-gen publish`: a finished build run to a dataset hub (Hugging Face, ModelScope, or a
+"""`nexus-gen publish`: a finished build run (or a `nexus-gen select` output of one) to a dataset hub (Hugging Face, ModelScope, or a
 folder / fsspec URL), staged, validated with `datasets`, then uploaded
 (nexus_gen.hub.hub_publish). Bad input (not a finished run, a bad repo id or hub, no token) is
 refused here in one line, before Prefect starts; the last line printed is JSON
@@ -13,7 +13,12 @@ import typer
 
 
 def publish(
-    run: Path = typer.Argument(..., metavar="RUN_DIR", help="Folder of a finished `nexus-gen build`."),
+    run: Path = typer.Argument(..., metavar="RUN_DIR", help="Folder of a finished `nexus-gen build`, or a "
+                               "`nexus-gen select` output (published filtered; its source run must be "
+                               "unchanged)."),
+    policy: Optional[str] = typer.Option(None, "--policy", "-p", help="Publish the run filtered by this policy "
+                                         "(a name in datasets_spec/filters, a YAML file, or auto: the recipe's "
+                                         "filter_policy), as `nexus-gen select` would. Default: unfiltered."),
     repo_id: str = typer.Option(..., "--repo-id", help="ORG/NAME of the dataset repository."),
     hub: str = typer.Option("hf", "--hub", help="hf (Hugging Face; token from HF_TOKEN or `huggingface-cli "
                             "login`), modelscope (needs nexus-gen[modelscope]; MODELSCOPE_API_TOKEN or its "
@@ -43,6 +48,7 @@ def publish(
     from nexus_gen.data.shards import parse_byte_size
     from nexus_gen.hub.hub_publish import (PublishError, check_repo_id, check_run, parse_hub, resolve_token,
                                            summary)
+    from nexus_gen.hub.publish_source import resolve_source
 
     try:
         sizes = {}
@@ -53,14 +59,15 @@ def publish(
                 raise PublishError(f"{name}: {exc}") from None
         check_repo_id(repo_id)
         kind, _ = parse_hub(hub)
-        check_run(run)
+        resolve_source(run, policy, check_run)  # a bad run, selection or policy stops here
         resolve_token(kind)  # a missing token stops here, before any staging
     except PublishError as exc:
         fail(exc)
     from flows.publish import publish_flow
 
     try:
-        rec = run_flow(publish_flow, run_dir=str(run), repo_id=repo_id, hub=hub, private=private, dry_run=dry_run,
+        rec = run_flow(publish_flow, run_dir=str(run), repo_id=repo_id, policy=policy, hub=hub, private=private,
+                       dry_run=dry_run,
                        endpoint=endpoint, license=license, max_shard_bytes=sizes["--max-shard-size"],
                        commit_files=commit_files, commit_bytes=sizes["--commit-bytes"], retries=retries,
                        resume_hint="run the same command again to resume (only what is missing is uploaded)")
@@ -69,7 +76,8 @@ def publish(
         raise typer.Exit(code=1)
     s = summary(rec)
     cfgs = "; ".join(f"{c} ({', '.join(f'{k} {v}' for k, v in sp.items())})" for c, sp in rec["configs"].items())
-    typer.echo(f"staged and validated: {cfgs} in {rec['staged']}")
+    how = "reused (inputs unchanged)" if rec.get("staging") == "reused" else "staged and validated"
+    typer.echo(f"{how}: {cfgs} in {rec['staged']}")
     if rec["status"] == "dry-run":
         typer.echo(f"dry run: would upload {len(rec['to_upload'])} file(s) in {rec['planned_commits']} commit(s) to "
                    f"{rec['location']}, {len(rec['unchanged'])} unchanged, {len(rec['to_delete'])} to delete")

@@ -145,6 +145,7 @@ def test_card_header_and_prose(published):
     c = record["counts"]
     assert f"{c['planned']} planned triplets = {c['triplets']} built + {c['rejected']} rejected" in text
     assert f"{c['samples']} unified samples" in text
+    assert "**this publication is unfiltered**" in text and "nexus-gen publish RUN --policy NAME" in text
     for section in ("## Filter policy", "## Score distributions", "## Sample triplets", "## Licences and attribution"):
         assert section in text
     for png in ("assets/score_distributions.png", "assets/sample_triplets.png"):

@@ -166,6 +166,14 @@ def select_run(run_dir: Union[str, Path], policy: Optional[Union[str, Path]] = N
     run, out = Path(run_dir), Path(out_dir)
     record, stored = check_run(run)
     check_out(out, run)
+    return write_selection(run, record, stored, policy, out, shard_bytes)
+
+
+def write_selection(run: Path, record: dict[str, Any], stored: dict[str, Any],
+                    policy: Optional[Union[str, Path]], out: Path,
+                    shard_bytes: int = DEFAULT_SHARD_BYTES) -> dict[str, Any]:
+    """`select_run` after its checks of the run and the output folder (the publisher selects
+    into its own work folder inside the run)."""
     try:
         chosen = _recipe_policy(stored) if policy in (None, "auto") else load_policy(policy)
     except PolicyError as exc:

@@ -1,7 +1,7 @@
 """The dataset card (`README.md`) of a published build: a YAML header the hub and `datasets` read
 (`license`, `task_categories`, `language`, `configs` with their `data_files`, `dataset_info` with
 features and split sizes) and prose on how the data was built: recipe, model ids, counts, the
-filter policy and what each rule would remove, score distributions (a figure and a table), a
+filter policy (applied: what each rule removed; else what it would remove), score distributions (a figure and a table), a
 grid of sample triplets, and the licence and attribution of every source.
 
 Everything is read from the run folder (`run.json`, `recipe.json`, the manifests, the triplet
@@ -20,6 +20,7 @@ import yaml
 
 from nexus_gen.hub.card_figures import score_plot_png, score_summary, triplet_scores
 from nexus_gen.hub.hub_layout import ASSETS_DIR, TRIPLETS_CONFIG, StagedConfig
+from nexus_gen.hub.publish_source import UNTYPED
 from nexus_gen.hub.source_licences import UNKNOWN, card_licence, is_builtin_model, source_licences
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,8 @@ def _policy_section(run_dir: Path) -> list[str]:
              f"The recipe's filter policy is `{name}`" + (" (each edit type's built-in policy, "
              "`datasets_spec/filters/<type>.yaml`)" if name == "auto" else "") + ". Scores are stored, "
              "selection comes later: **this publication is unfiltered** (every built triplet, its scores "
-             "as columns of the `triplets` config and in each sample's `meta`). Applied to the stored scores, "
+             "as columns of the `triplets` config and in each sample's `meta`: filter on them, or publish a "
+             "filtered copy with `nexus-gen publish RUN --policy NAME`). Applied to the stored scores, "
              "the policy would keep and remove:", ""]
     try:
         chosen = _recipe_policy(stored)
@@ -155,13 +157,41 @@ def _policy_section(run_dir: Path) -> list[str]:
         "", "Reproduce the selection locally with `nexus-gen select RUN --out DIR` (see the nexus-gen README).", ""]
 
 
+def _applied_policy_section(selection: dict[str, Any]) -> list[str]:
+    """The policy a filtered publication applied (`nexus-gen select`'s selection.json): triplets
+    in -> out per edit type and what each rule removed."""
+    s = selection.get("samples") or {}
+    passed = ", ".join(f"{k} {v}" for k, v in sorted((selection.get("passthrough") or {}).items())) or "none"
+    lines = ["## Filter policy", "",
+             f"**This publication is filtered**: the policy `{selection.get('policy')}` was applied to the "
+             f"stored scores (`nexus-gen select`; nothing recomputed): {selection.get('triplets_in')} triplets in, "
+             f"{selection.get('triplets_out')} kept; editing samples {s.get('editing_in')} -> {s.get('editing_out')} "
+             "(both directions and every language of a kept triplet). The `triplets` config holds the kept "
+             f"triplets only. Generation and understanding samples pass through unfiltered ({passed}).", ""]
+    lines += _table(["edit type", "policy", "triplets in", "triplets out"],
+                    [[et, r["policy"], r["rows_in"], r["rows_out"]] for et, r in selection["edit_types"].items()])
+    if UNTYPED in selection["edit_types"]:
+        lines += ["", f"(`{UNTYPED}`: mixed-in editing samples whose meta names no edit type; they have no "
+                  "row in the `triplets` config.)"]
+    lines += ["", "What each rule removed (rules run in order: a triplet counts for the first rule it fails):", ""]
+    rows = []
+    for et, r in selection["edit_types"].items():
+        for rule in r["rules"]:
+            what = "skipped (no such score stored)" if rule["skipped"] else str(rule["removed"])
+            rows.append([et, r["policy"], rule["name"], rule["column"], what])
+    return lines + _table(["edit type", "policy", "rule", "score", "removed"], rows) + [""]
+
+
 def build_card(run_dir: Path, configs: dict[str, StagedConfig], repo_id: str,
-               chosen_license: Optional[str] = None) -> Card:
-    """The card and its figures for the staged layout of `run_dir` (see module doc)."""
+               chosen_license: Optional[str] = None, selection: Optional[dict[str, Any]] = None,
+               triplets_dir: Optional[Path] = None) -> Card:
+    """The card and its figures for the staged layout of `run_dir` (see module doc); a filtered
+    publication passes its `selection` (selection.json) and the folder (a manifest) of the kept
+    triplet rows, which the figures and model ids are read from."""
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     stored = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))
     recipe = stored.get("recipe") or {}
-    trip_dir = run_dir / "triplets"
+    trip_dir = triplets_dir or run_dir / "triplets"
     models = lineage_models(trip_dir)
     for i, s in enumerate(recipe.get("sources") or []):
         if s.get("kind") == "text2image" and s.get("model"):
@@ -218,7 +248,7 @@ def build_card(run_dir: Path, configs: dict[str, StagedConfig], repo_id: str,
                                                    for r in roles])
     if record.get("versions"):
         md += ["", "Package versions: " + ", ".join(f"{k} {v}" for k, v in sorted(record["versions"].items())) + "."]
-    md += [""] + _policy_section(run_dir)
+    md += [""] + (_applied_policy_section(selection) if selection else _policy_section(run_dir))
     assets: dict[str, bytes] = {}
     if (trip_dir / "manifest.json").exists():
         scores = triplet_scores(trip_dir)

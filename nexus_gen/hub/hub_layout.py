@@ -169,7 +169,8 @@ def _features(schema: pa.Schema) -> dict[str, Any]:
 
 
 def _stage_split(sources: list[Path], out: Path, split: str, task: Optional[str], unified: bool,
-                 max_shard_bytes: int, row_group_bytes: int, langs: dict[str, int]) -> tuple[list[Path], int]:
+                 max_shard_bytes: int, row_group_bytes: int, langs: dict[str, int],
+                 keep_ids: Optional[pa.Array] = None) -> tuple[list[Path], int]:
     schema = pq.read_schema(sources[0])
     for s in sources[1:]:
         if not pq.read_schema(s).equals(schema, check_metadata=True):
@@ -183,6 +184,8 @@ def _stage_split(sources: list[Path], out: Path, split: str, task: Optional[str]
                     for lang, n in zip(*pc.value_counts(batch.column("language")).flatten()):
                         key = lang.as_py() or "unknown"
                         langs[key] = langs.get(key, 0) + n.as_py()
+                if keep_ids is not None:
+                    batch = batch.filter(pc.is_in(batch.column("id"), value_set=keep_ids))
                 w.add(batch)
         return w.finish(), w.rows
     except BaseException:
@@ -192,18 +195,25 @@ def _stage_split(sources: list[Path], out: Path, split: str, task: Optional[str]
 
 def stage_layout(run_dir: Union[str, Path], staged: Union[str, Path],
                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                 row_group_bytes: int = ROW_GROUP_BYTES) -> dict[str, StagedConfig]:
+                 row_group_bytes: int = ROW_GROUP_BYTES, data_dir: Optional[Path] = None,
+                 triplet_ids: Optional[set[str]] = None) -> dict[str, StagedConfig]:
     """Write the run's configs into `staged` (which must be empty or new); returns each config
-    with at least one row: its files per split, rows, bytes and features."""
+    with at least one row: its files per split, rows, bytes and features. `data_dir`: the
+    unified shards to publish instead of `RUN/data` (a `nexus-gen select` output); `triplet_ids`:
+    the triplet table rows to keep (all when None)."""
     if max_shard_bytes <= 0 or row_group_bytes <= 0:
         raise LayoutError(f"shard and row group sizes must be positive (got {max_shard_bytes}, {row_group_bytes})")
     run, staged = Path(run_dir), Path(staged)
-    data_man = check_shards(run / "data")
+    data = Path(data_dir) if data_dir is not None else run / "data"
+    data_man = check_shards(data)
     trip_dir = run / "triplets"
     trip_man = check_shards(trip_dir) if (trip_dir / "manifest.json").exists() else None
+    keep = None if triplet_ids is None else pa.array(sorted(triplet_ids), type=pa.string())
     expected = expected_rows(data_man, trip_man)
+    if trip_man is not None and keep is not None:
+        expected[TRIPLETS_CONFIG] = kept_triplet_rows(trip_dir, trip_man, triplet_ids or set())
     configs: dict[str, StagedConfig] = {}
-    sources = {name: (run / "data", data_man, name) for name in TASKS}
+    sources = {name: (data, data_man, name) for name in TASKS}
     if trip_man is not None:
         sources[TRIPLETS_CONFIG] = (trip_dir, trip_man, None)
     for name in CONFIGS:
@@ -217,7 +227,7 @@ def stage_layout(run_dir: Union[str, Path], staged: Union[str, Path],
             if not expected[name].get(split):
                 continue
             paths, rows = _stage_split(files, out, split, task, task is not None, max_shard_bytes,
-                                       row_group_bytes, cfg.languages)
+                                       row_group_bytes, cfg.languages, keep if task is None else None)
             cfg.files[split] = [p.relative_to(staged).as_posix() for p in paths]
             cfg.rows[split] = rows
             cfg.bytes[split] = sum(p.stat().st_size for p in paths)
@@ -254,6 +264,16 @@ def expected_rows(data_man: dict[str, Any], trip_man: Optional[dict[str, Any]]) 
             split = s.get("split") or s["file"].split("-")[0]
             d[split] = d.get(split, 0) + s["rows"]
     return {c: {sp: v[sp] for sp in SPLIT_NAMES if v.get(sp)} for c, v in out.items()}
+
+
+def kept_triplet_rows(trip_dir: Path, trip_man: dict[str, Any], ids: set[str]) -> dict[str, int]:
+    """split -> rows of the triplet table whose `id` is in `ids` (reads the `id` column only)."""
+    out: dict[str, int] = {}
+    for split, files in _by_split(trip_man, trip_dir).items():
+        n = sum(sum(1 for i in pq.read_table(f, columns=["id"]).column("id").to_pylist() if i in ids) for f in files)
+        if n:
+            out[split] = n
+    return out
 
 
 def reset_dir(path: Path) -> None:

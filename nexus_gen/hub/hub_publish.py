@@ -5,9 +5,15 @@
 1. Checks before any work: the repo id, the hub, the run (finished, complete, every planned
    shard), the token (Hugging Face: `HF_TOKEN` or `huggingface_hub`'s stored login; ModelScope:
    `MODELSCOPE_API_TOKEN` or its client's login; a folder needs none).
+   A filtered publish (`policy`, or a `nexus-gen select` folder as the input; `publish_source`)
+   checks the policy, or that the selection's source run is the one it was made from.
 2. Stage the hub layout (`hub_layout`) and the card (`dataset_card`) into
    `RUN/publish/<target>/staged/` (built aside and swapped in: the same run gives the same bytes).
-3. Load every config from the staged folder with `datasets`, offline (`staged_check`).
+   With `policy`, the run is first selected into `RUN/publish/<target>/selection/` (`nexus-gen
+   select`'s code and bytes), which is then staged as a select folder would be. A rerun whose
+   inputs, options and code are unchanged reuses `staged/` (`staging_reuse`).
+3. Load every config from the staged folder with `datasets`, offline (`staged_check`); a
+   filtered publish's rows must equal its selection.json's counts.
 4. List the remote with its hashes; upload only missing or changed files, in commits of at most
    `commit_files` files / `commit_bytes` bytes (data first, the card last, with the removal of
    files of ours the new layout no longer has). Transient failures (connection, 408/429/5xx) are
@@ -34,9 +40,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
 from nexus_gen.data.shards import write_json_atomic
+from nexus_gen.hub import staging_reuse
 from nexus_gen.hub.dataset_card import build_card
-from nexus_gen.hub.hub_layout import (CARD_FILE, DEFAULT_MAX_SHARD_BYTES, MANAGED_DIRS, LayoutError, reset_dir,
-                                      stage_layout)
+from nexus_gen.hub.hub_layout import (CARD_FILE, DEFAULT_MAX_SHARD_BYTES, MANAGED_DIRS, TRIPLETS_CONFIG, LayoutError,
+                                      reset_dir, stage_layout)
+from nexus_gen.hub.publish_source import (PublishSource, check_counts, kept_triplet_ids, read_selection,
+                                          resolve_source)
 from nexus_gen.hub.hub_targets import (TMP_SUFFIX, DirTarget, HfTarget, LocalFile, ModelScopeTarget, PublishError,
                                        RemoteFile, Target, is_transient, local_file, redact)
 from nexus_gen.hub.staged_check import StagedCheckError, check_staged
@@ -64,6 +73,7 @@ class PublishOptions:
     retries: int = 5
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 30.0
+    policy: Optional[str] = None  # filter the run first: a policy name, a YAML file, or `auto`
 
 
 @dataclass
@@ -200,18 +210,35 @@ def redacting_logs(secret: Optional[str]) -> Iterator[None]:
             h.removeFilter(filt)
 
 
-def stage(run_dir: Path, work: Path, opts: PublishOptions) -> tuple[Path, dict[str, Any]]:
+def stage(run_dir: Path, work: Path, opts: PublishOptions,
+          selection_dir: Optional[Path] = None) -> tuple[Path, dict[str, Any]]:
     """Stage layout and card into `work/staged` (built in `work/.staged.tmp`, validated, then
-    swapped in); returns the staged folder and config -> split -> rows as loaded."""
+    swapped in); returns the staged folder and config -> split -> rows as loaded. With
+    `selection_dir` (a `nexus-gen select` output of the run): its samples and the triplet rows
+    of its triplets, checked against its selection.json."""
     tmp, staged = work / ".staged.tmp", work / "staged"
     reset_dir(tmp)
+    selection = read_selection(selection_dir) if selection_dir is not None else None
+    kept = kept_triplet_ids(selection_dir) if selection_dir is not None else None
     try:
-        configs = stage_layout(run_dir, tmp, max_shard_bytes=opts.max_shard_bytes)
+        configs = stage_layout(run_dir, tmp, max_shard_bytes=opts.max_shard_bytes, data_dir=selection_dir,
+                               triplet_ids=kept)
     except LayoutError as exc:
         raise PublishError(str(exc)) from None
     if not configs:
-        raise PublishError(f"{run_dir}: no rows in any config; nothing to publish")
-    card = build_card(run_dir, configs, opts.repo_id, opts.license)
+        raise PublishError(f"{selection_dir or run_dir}: no rows in any config; nothing to publish")
+    card_trips = None
+    if selection is not None:  # the figures and model ids of the kept triplet rows
+        card_trips = work / ".card-triplets"
+        reset_dir(card_trips)
+        if TRIPLETS_CONFIG in configs:
+            shards = [{"file": str((tmp / f).resolve())} for fs in configs[TRIPLETS_CONFIG].files.values() for f in fs]
+            (card_trips / "manifest.json").write_text(json.dumps({"shards": shards}), encoding="utf-8")
+    try:
+        card = build_card(run_dir, configs, opts.repo_id, opts.license, selection, card_trips)
+    finally:
+        if card_trips is not None:
+            shutil.rmtree(card_trips, ignore_errors=True)
     (tmp / CARD_FILE).write_text(card.text, encoding="utf-8")
     for rel, data in card.assets.items():
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +250,8 @@ def stage(run_dir: Path, work: Path, opts: PublishOptions) -> tuple[Path, dict[s
         raise PublishError(f"the staged folder does not load, nothing was uploaded: {exc}") from None
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+    if selection is not None:
+        check_counts(loaded, selection, kept or set())
     if staged.exists():
         shutil.rmtree(staged)
     os.replace(tmp, staged)
@@ -325,30 +354,87 @@ def publish_run(run_dir: Union[str, Path], opts: PublishOptions,
                     ("--max-shard-size", opts.max_shard_bytes)):
         if v < 1:
             raise PublishError(f"{name} must be positive, got {v}")
-    run_record, _ = check_run(run)
+    src, run_record = resolve_source(run, opts.policy, check_run)
     token = resolve_token(kind)
     with redacting_logs(token):
         try:
-            return _publish(run, opts, kind, location, run_record, token, sleep)
+            return _publish(src, opts, kind, location, run_record, token, sleep)
         except PublishError as exc:
             raise PublishError(redact(exc, token)) from None
         except Exception as exc:
             raise PublishError(_oneline(exc, token)) from None
 
 
-def _publish(run: Path, opts: PublishOptions, kind: str, location: Optional[str], run_record: dict[str, Any],
-             token: Optional[str], sleep: Callable[[float], None]) -> dict[str, Any]:
+def _staging_fingerprint(src: PublishSource, opts: PublishOptions) -> str:
+    """The fingerprint of everything the staged bytes are made from (see staging_reuse)."""
+    from nexus_gen.scoring.policy import FILTERS_DIR
+
+    inputs = {"run": staging_reuse.folder_digests(src.run), "data": staging_reuse.folder_digests(src.run / "data"),
+              "triplets": staging_reuse.folder_digests(src.run / "triplets")}
+    if src.selection_dir is not None:
+        inputs = {**inputs, "selection": staging_reuse.folder_digests(src.selection_dir)}
+    policy = None
+    if src.policy is not None:
+        from nexus_gen.hub.publish_source import resolve_policy
+
+        stored = json.loads((src.run / "recipe.json").read_text(encoding="utf-8"))
+        policy = {"given": src.policy, "resolved": repr(resolve_policy(src.policy, stored)),
+                  "built_in": staging_reuse.folder_digests(FILTERS_DIR)}
+    return staging_reuse.fingerprint(inputs, {"repo_id": opts.repo_id, "license": opts.license,
+                                              "max_shard_bytes": opts.max_shard_bytes, "policy": policy})
+
+
+def _previous_files(rec_path: Path) -> Optional[dict[str, str]]:
+    """path -> sha256 of the staged files the previous publish record lists (None if none)."""
+    try:
+        prev = json.loads(rec_path.read_text(encoding="utf-8"))
+        return {p: f["sha256"] for p, f in (prev.get("files") or {}).items()} or None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _stage_or_reuse(src: PublishSource, work: Path, opts: PublishOptions, fp: str,
+                    previous: Optional[dict[str, str]], run_record: dict[str, Any]) -> tuple[Path, dict[str, Any], bool]:
+    """`work/staged` as reused (unchanged inputs) or staged afresh (a --policy selects first)."""
+    doc = staging_reuse.reusable(work, fp, previous)
+    if doc is not None:
+        log.info("inputs, options and code unchanged: reusing %s", work / "staged")
+        return work / "staged", doc["configs"], True
+    staging_reuse.forget(work)
+    sel_dir = src.selection_dir
+    if src.policy is not None:
+        from nexus_gen.edit.select import SelectError, write_selection
+
+        sel_dir = work / "selection"
+        stored = json.loads((src.run / "recipe.json").read_text(encoding="utf-8"))
+        try:
+            write_selection(src.run, run_record, stored, src.policy, sel_dir)
+        except SelectError as exc:
+            raise PublishError(f"--policy {src.policy!r}: {exc}") from None
+    staged, loaded = stage(src.run, work, opts, sel_dir)
+    staging_reuse.save(work, fp, {"configs": loaded})
+    return staged, loaded, False
+
+
+def _publish(src: PublishSource, opts: PublishOptions, kind: str, location: Optional[str],
+             run_record: dict[str, Any], token: Optional[str], sleep: Callable[[float], None]) -> dict[str, Any]:
     target = make_target(kind, location, opts, token)
     _retrying(target.check_access, f"checking access to {target.label}", opts, token, sleep)
+    run = src.run
     work = run / PUBLISH_DIR / target_slug(kind, opts.repo_id)
     rec_path = work / RECORD_FILE
+    previous = _previous_files(rec_path)
     rec: dict[str, Any] = {"target": target.label, "location": target.location, "repo_id": opts.repo_id,
                            "hub": kind, "private": opts.private, "run": str(run.resolve()),
                            "recipe": run_record.get("recipe"), "recipe_hash": run_record.get("recipe_hash"),
+                           "policy": opts.policy, "selection": str(src.selection_dir.resolve())
+                           if src.selection_dir is not None else None,
                            "status": "staging", "commits": [], "uploaded": [], "deleted": [], "error": None}
     _record(rec_path, rec)
     try:
-        staged, loaded = stage(run, work, opts)
+        staged, loaded, reused = _stage_or_reuse(src, work, opts, _staging_fingerprint(src, opts), previous,
+                                                 run_record)
+        rec["staging"] = "reused" if reused else "staged"
         files = staged_files(staged)
         rec.update(configs=loaded, staged=str(staged),
                    files={f.path: {"bytes": f.size, "sha256": f.sha256} for f in files})
