@@ -237,3 +237,27 @@ def test_tiny_ar_build_is_byte_identical_across_caches(tmp_path, monkeypatch):
         digests.append({p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()})
     assert digests[0] == digests[1]
     assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= set(digests[0])
+
+
+def test_a_stock_qwen_folder_loads_every_language_model_weight(tmp_path):
+    """A stock Qwen2.5-VL folder (the layout Qwen/Qwen2.5-VL-7B-Instruct and transformers 5 write
+    for the stock class) gives NexusGenAR the stock class's own weights, not random ones."""
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from nexus_gen.models.nexus_ar import NexusGenAR
+    from nexus_gen.models.tiny.vlm import tiny_vlm_dir
+
+    stock = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_vlm_dir()).state_dict()
+    ours = NexusGenAR.from_pretrained(tiny_vlm_dir()).state_dict()
+    assert set(stock) <= set(ours)
+    assert all(torch.equal(stock[k], ours[k]) for k in stock)
+    # a folder whose language-model weights are absent is refused, not silently random
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_vlm_dir(), broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if "layers.0.mlp" not in k}, str(broken / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="not in the checkpoint"):
+        NexusGenAR.from_pretrained(broken)

@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 PAPER_GEOMETRY = {"image_tokens": 81, "image_size": 252, "source_image_size": 504, "source_tokens": 324}
 HEAD_SEED = 0  # vision_head / image_prefill_embeds of a stock Qwen2.5-VL start from this seed
+# The transformers 4.49 key layout (`visual.*`, `model.layers.*`: Qwen/Qwen2.5-VL-7B-Instruct, the
+# published Nexus-Gen AR model) -> the current one; current-layout keys are left as they are.
+AR_KEY_MAPPING = {r"^visual\.": "model.visual.", r"^model\.(?!language_model\.|visual\.)": "model.language_model."}
+HEAD_KEYS = ("vision_head.weight", "image_prefill_embeds.weight")
 DEFAULT_LOSS_WEIGHTS = (3.0, 3.0)  # (w_tok, w_img), V2; V1 used (0.1, 1.0)
 IMAGE_TAG = "<image>"
 SYSTEM_PROMPT = "You are a helpful assistant."
@@ -270,6 +274,8 @@ class NexusGenAR(Qwen2_5_VLForConditionalGeneration):
         `HEAD_SEED`, logged) and attach its processor when the folder has one."""
         want_info = kwargs.pop("output_loading_info", False)
         strict = not kwargs.pop("ignore_mismatched_sizes", False)
+        # Transformers renames the 4.49 layout for its stock class only; a subclass asks for it.
+        kwargs.setdefault("key_mapping", AR_KEY_MAPPING)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                                ignore_mismatched_sizes=True, **kwargs)
         mismatched = [k[0] if isinstance(k, tuple) else k for k in (info.get("mismatched_keys") or [])]
@@ -278,7 +284,13 @@ class NexusGenAR(Qwen2_5_VLForConditionalGeneration):
                              f"{sorted(mismatched)[:3]} do not have the shapes its config.json (or the "
                              "given config) implies")
         missing = set(info.get("missing_keys") or [])
-        heads = [k for k in ("vision_head.weight", "image_prefill_embeds.weight") if k in missing]
+        tied = {"lm_head.weight"} if model.lm_head.weight is model.get_input_embeddings().weight else set()
+        absent = sorted(missing - set(HEAD_KEYS) - tied)
+        if absent:
+            raise ValueError(f"{pretrained_model_name_or_path}: {len(absent)} weights of the model are not in the "
+                             f"checkpoint (e.g. {absent[:3]}): not a Qwen2.5-VL / NexusGenAR folder, or a key "
+                             "layout this loader does not know")
+        heads = [k for k in HEAD_KEYS if k in missing]
         if heads:
             model.init_nexus_heads(HEAD_SEED)
             log.info("%s has no %s: initialised vision_head and image_prefill_embeds with seed %d",

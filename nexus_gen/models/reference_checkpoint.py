@@ -37,6 +37,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from nexus_gen.models.diffsynth_flux_keys import flux_transformer_config, fluxdit_to_diffusers
+from nexus_gen.models.nexus_ar import AR_KEY_MAPPING
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.jinja", "
 FLUX_BASE_PATTERNS = ["model_index.json", "scheduler/*", "vae/*", "text_encoder/*", "tokenizer/*",
                       "transformer/config.json"]  # the DiT weights come from the Nexus-Gen decoders
 # transformers 4.49 -> current names (applied in order; the second skips already-current names)
-AR_KEY_MAPPING = {r"^visual\.": "model.visual.", r"^model\.(?!language_model\.|visual\.)": "model.language_model."}
 AR_EXTRA_KEYS = ("vision_head.weight", "image_prefill_embeds.weight")
 GEN_DECODER_FILES = {"v2": "generation_decoder.bin", "v1": "decoder_81_512.bin"}
 EDIT_DECODER_FILE = "edit_decoder.bin"
