@@ -49,6 +49,18 @@ def configure_logging(verbose: bool = False) -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(format=LOG_FORMAT)
+    for handler in root.handlers:
+        # A console handler keeps the stderr it was made with (Prefect's, made when prefect is
+        # first imported); when that stream has since been closed (a command run in-process by a
+        # test runner or a notebook), point it at today's stderr instead of failing every record.
+        if not isinstance(handler, logging.StreamHandler):
+            continue
+        console = getattr(handler, "console", None)  # Prefect's handler prints through a rich Console
+        with handler.lock:  # not setStream(): it flushes the closed stream first
+            if getattr(handler.stream, "closed", False):
+                handler.stream = sys.stderr
+            if console is not None and getattr(getattr(console, "file", None), "closed", False):
+                console.file = sys.stderr
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     for name in OUR_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
