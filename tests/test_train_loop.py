@@ -170,7 +170,14 @@ def test_lora_trains_only_the_adapters(tmp_path, shards):
 
 
 def test_metrics_plot_and_run_record(tmp_path, shards):
-    rec = train(config_from_dict(toy_config(shards, train={"max_steps": 6}, log={"every_steps": 4})), tmp_path / "run")
+    import os
+    import socket
+
+    seen = []  # the record while running names this process, so `nexus-gen runs` can tell a dead one
+    rec = train(config_from_dict(toy_config(shards, train={"max_steps": 6}, log={"every_steps": 4})), tmp_path / "run",
+                on_step=lambda step, row: seen.append(json.loads((tmp_path / "run" / "run.json").read_text())))
+    assert seen and all(r["status"] == "running" and r["pid"] == os.getpid() and r["host"] == socket.gethostname()
+                        for r in seen)
     rows = read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [4, 6]
     assert set(rows[0]) == {"step", "loss", "parts", "lr", "grad_norm", "samples_per_s", "epoch"}

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,7 +237,9 @@ def train(cfg: TrainConfig, output_dir: Union[str, Path, None] = None, resume: b
         "seconds": 0.0, "last_error": None, "counts": _sum_counts([]),
         "final_loss": None, "config_hash": config_hash, "world_size": env.world, "global_batch": global_batch,
         "precision": precision, "device": device.type, "samples_per_epoch": index.total,
-        "resumed_from": resume_from.name if resume_from else None, "output": str(out)}
+        "resumed_from": resume_from.name if resume_from else None, "output": str(out),
+        # who is writing it: `nexus-gen runs` shows a run whose process is gone as unfinished
+        "pid": os.getpid(), "host": socket.gethostname()}
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(cfg.model_dump_json(indent=2) + "\n", encoding="utf-8")
