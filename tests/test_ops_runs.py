@@ -291,8 +291,17 @@ def test_real_training_runs(tmp_path, monkeypatch):
     assert failed["status"] == "failed" and failed["last_error"] == "RuntimeError: loss exploded at step 5"
     stopped = runs["stopped"]
     assert json.loads((root / "stopped" / "run.json").read_text())["step"] == 0
-    assert stopped["status"] == "running"  # it changed a moment ago: it may be running
+    assert stopped["status"] == "running"  # its record names this process, which is alive
     assert stopped["done"] == read_metrics(root / "stopped")[-1]["step"] >= 4
+    # the process the record names is gone (what a SIGKILL leaves): unfinished at once
+    record = json.loads((root / "stopped" / "run.json").read_text())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (root / "stopped" / "run.json").write_text(json.dumps({**record, "pid": dead.pid}))
+    rec = json.loads(runner.invoke(app, ["runs", "show", str(root / "stopped"), "--json"]).output)
+    assert rec["status"] == "unfinished" and f"its process {dead.pid} is gone" in rec["note"]
+    # a record naming no process: unfinished once the folder has been quiet for long
+    (root / "stopped" / "run.json").write_text(json.dumps({k: v for k, v in record.items() if k not in ("pid", "host")}))
     hour_ago = time.time() - 3600
     for p in [root / "stopped", *(root / "stopped").rglob("*")]:
         os.utime(p, (hour_ago, hour_ago), follow_symlinks=False)
