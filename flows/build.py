@@ -13,9 +13,9 @@ from typing import Any, Optional
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 
+from flows.runtime import wait_units
 from nexus_gen.edit.build import finish_run, prepare_run, summary_line
 from nexus_gen.edit.execute import BuildContext, run_shard
 from nexus_gen.edit.plan import ShardPlan
@@ -144,25 +144,7 @@ def build_flow(recipe: str, out: str, limit: Optional[int] = None, progress: boo
 
     with gpu_placement(device, getattr(FlowRunContext.get(), "task_runner", None)):
         futures = [build_shard.submit(*_unwalked(s, run.ctx)) for s in run.todo]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(run.selected), initial=len(run.selected) - len(run.todo), unit="shard",
-                   desc=f"build {run.recipe.name}")
-    error: Optional[BaseException] = None
-    try:
-        for fut in as_completed(futures):
-            try:
-                fut.result()
-            except Exception as exc:  # the others go on; the run is marked failed at the end
-                error = error or exc
-                log.error("shard failed: %s", exc)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    error = wait_units(futures, len(run.selected), "shard", f"build {run.recipe.name}", progress, log)
     record = finish_run(run, error)
     write_grid(Path(out))
     post_artifacts(record, Path(out))

@@ -9,11 +9,11 @@ from typing import Any, Optional
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from flows.build import _retry_transient
+from flows.runtime import wait_units
 from nexus_gen.train.precompute import (Unit, check_existing, compute_unit, finish_precompute,
                                         load_ar_model, model_fingerprint, plan_precompute)
 
@@ -40,25 +40,7 @@ def precompute_flow(mode: str, data: list[str], ar: str, out: str, chunk_size: i
     check_existing(plan, fp)
     Path(out).mkdir(parents=True, exist_ok=True)
     futures = [precompute_unit.submit(quote(u), quote(model), mode, out, fp, batch_size) for u in plan.todo]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(plan.units), initial=len(plan.units) - len(plan.todo), unit="unit",
-                   desc=f"precompute {mode}")
-    error: Optional[BaseException] = None
-    try:
-        for fut in as_completed(futures):
-            try:
-                fut.result()
-            except Exception as exc:  # the others go on; the run fails at the end
-                error = error or exc
-                log.error("unit failed: %s", exc)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    error = wait_units(futures, len(plan.units), "unit", f"precompute {mode}", progress, log)
     if error is not None:
         raise error
     manifest = finish_precompute(plan)

@@ -109,3 +109,31 @@ def run_flow(call: Callable[..., T], *args: Any, resume_hint: str, **kwargs: Any
     except KeyboardInterrupt:
         typer.echo(f"interrupted: finished work is kept; {resume_hint}", err=True)
         raise typer.Exit(INTERRUPTED_EXIT) from None
+
+
+def wait_units(futures: list[Any], total: int, what: str, desc: str, progress: bool,
+               logger: logging.Logger) -> Any:
+    """Wait for every unit's future (shards, embedding units) as they finish, with a progress bar
+    over `total` units (the ones already done count as done); a failed unit is logged and the
+    others go on. Returns the first error, or None. No bar when nothing is left to do."""
+    from prefect.futures import as_completed
+
+    bar = None
+    if progress and futures:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=total - len(futures), unit=what, desc=desc)
+    error = None
+    try:
+        for fut in as_completed(futures):
+            try:
+                fut.result()
+            except Exception as exc:  # the others go on; the run fails at the end
+                error = error or exc
+                logger.error("%s failed: %s", what, exc)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return error
