@@ -118,3 +118,23 @@ def test_bad_negatives_fail_clearly(dec, tmp_path):
     with pytest.raises(ValueError, match=r"expected \[1, L, 32\]"):
         NexusGenGenerationDecoder(dict(dec.config), dec.dit, dec.vae, dec.scheduler, dec.pooled_empty,
                                   negative_prompt=torch.zeros(1, 512, 4096))
+
+
+def test_hub_bases_have_t5_when_cached_or_online(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    seen = []
+
+    def cache(found):
+        return lambda repo, name: seen.append((repo, name)) or (f"/cache/{repo}/{name}" if found else None)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cache(False))
+    assert not fm.base_has_t5("paper")  # offline and not cached: zeros (with a warning)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cache(True))
+    assert fm.base_has_t5("paper")
+    assert ("black-forest-labs/FLUX.1-dev", "text_encoder_2/config.json") in seen
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cache(False))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert fm.base_has_t5("paper")  # online: T5 is fetched with the rest of the base

@@ -244,16 +244,17 @@ def empty_prompt_pooled(base: str) -> torch.Tensor:
 
 
 def base_has_t5(base: str) -> bool:
-    """Whether a FLUX base has `text_encoder_2/` + `tokenizer_2/` (a folder, or a hub id whose
-    files are in the Hugging Face cache)."""
+    """Whether a FLUX base has `text_encoder_2/` + `tokenizer_2/`: a folder holding both; a hub id
+    whose T5 files are in the Hugging Face cache, or any hub id when online (T5 is then fetched)."""
     src = resolve_flux_base(base)
     path = Path(src)
     if path.is_dir():
         return (path / "text_encoder_2").is_dir() and (path / "tokenizer_2").is_dir()
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache
 
-    return all(isinstance(try_to_load_from_cache(src, f), str)
-               for f in ("text_encoder_2/config.json", "tokenizer_2/tokenizer_config.json"))
+    cached = all(isinstance(try_to_load_from_cache(src, f), str)
+                 for f in ("text_encoder_2/config.json", "tokenizer_2/tokenizer_config.json"))
+    return cached or not constants.HF_HUB_OFFLINE
 
 
 def empty_prompt_t5(base: str, dtype: torch.dtype = torch.float32,
