@@ -12,6 +12,7 @@ import torch
 from nexus_gen.models import reference_checkpoint as rc
 from reference_layout_fixtures import (CONFIG_449, FLUX, GEOMETRY, ar_like_class, merger_state,
                                        write_published)
+from t5_negative_fixtures import stock_t5_empty
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +145,37 @@ def test_published_ids_download_weights_only(published, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(ValueError, match="cannot fetch black-forest-labs/FLUX.1-dev .*offline and not in the cache"):
         rc.resolve_flux_base()
+
+
+def test_published_decoders_take_the_bases_t5_negative(published, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from nexus_gen.models import flow_matching as fm
+
+    folder, _ = published
+    ckpt = rc.inspect_reference(folder)
+    text_config = rc.reference_ar_config(folder, GEOMETRY).text_config
+    flux = tmp_path / "FLUX.1-dev"  # a tiny copy of a FLUX.1-dev folder, T5 included
+    shutil.copytree(fm.resolve_flux_base("tiny-t5"), flux)
+    calls = []
+    real = fm.empty_prompt_t5
+    monkeypatch.setattr(fm, "empty_prompt_t5", lambda *a, **k: calls.append(a) or real(*a, **k))
+    gen, edit = rc.load_reference_decoders(ckpt, text_config, GEOMETRY, base=flux)
+    want = stock_t5_empty(flux)
+    for dec in (gen, edit):
+        assert dec.config["negative"] == "t5-empty"
+        assert torch.allclose(dec.negative_prompt, want, atol=1e-6)
+    assert len(calls) == 1  # T5("") computed once for both decoders
+    shutil.rmtree(flux / "text_encoder_2")
+    shutil.rmtree(flux / "tokenizer_2")
+    gen, edit = rc.load_reference_decoders(ckpt, text_config, GEOMETRY, base=flux)
+    assert gen.config["negative"] == edit.config["negative"] == "zeros" and gen.negative_prompt is None
+
+    patterns = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, allow_patterns=None, cache_dir=None: patterns.extend(allow_patterns) or str(flux))
+    rc.resolve_flux_base()
+    assert {"text_encoder_2/*", "tokenizer_2/*", "text_encoder/*", "vae/*"} <= set(patterns)
 
 
 def test_bad_checkpoints_fail_before_loading(published, tmp_path):

@@ -214,8 +214,8 @@ class NexusGenEditingDecoder(FluxDecoderBase):
     trained_prefixes = ("embedding_merger.",)
 
     def __init__(self, config: dict[str, Any], dit: nn.Module, vae: nn.Module, scheduler: Any,
-                 pooled_empty: torch.Tensor) -> None:
-        super().__init__(config, dit, vae, scheduler, pooled_empty)
+                 pooled_empty: torch.Tensor, negative_prompt: Optional[torch.Tensor] = None) -> None:
+        super().__init__(config, dit, vae, scheduler, pooled_empty, negative_prompt)
         text_config = text_config_from_dict(config["merger_text_config"])
         self.embed_dim = int(text_config.hidden_size)
         if int(config["embed_dim"]) != self.embed_dim:

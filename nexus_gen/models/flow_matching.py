@@ -11,9 +11,19 @@ noise`, target `noise - x0`, MSE weighted per sample by DiffSynth's training wei
 guidance 3.5. Sampling defaults to the same schedule (the reference's: `linspace(1, 0.003/1.002,
 steps)`, shift 3.0, passed to the diffusers scheduler as `sigmas` + `mu = ln 3`, which its
 exponential time shift turns into exactly `3s / (1 + 2s)`); `shift=None` gives diffusers'
-FluxPipeline schedule instead (`linspace(1, 1/steps, steps)`, resolution-dependent `mu`)."""
+FluxPipeline schedule instead (`linspace(1, 1/steps, steps)`, resolution-dependent `mu`).
+
+True CFG (cfg != 1): the reference's negative branch is the empty negative prompt encoded as any
+FLUX prompt (DiffSynth's `FluxPrompter.encode_prompt("", positive=False, t5_sequence_length=512)`):
+T5("") padded to 512 tokens (`</s>` + 511 `<pad>`, no attention mask), the pooled CLIP of "" (the
+same as the positive branch's) and zero text ids [512, 3]. When the FLUX base has `text_encoder_2/`
++ `tokenizer_2/` (FLUX.1-dev's T5-XXL) that sequence is computed once at load, T5 is freed, and
+the constant is cached on the decoder and saved in its folder (`negative_prompt.safetensors`), so
+a saved decoder needs no T5. Without T5 the negative is the all-zero prompt sequence with the
+positive branch's text ids. The decoder json records which: `negative: "t5-empty" | "zeros"`."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -34,6 +44,10 @@ DECODER_CONFIG = "nexus_gen_decoder.json"
 DECODER_WEIGHTS = "decoder.safetensors"
 DIT_FOLDER = "dit"
 DECODER_FORMAT = "nexus-gen-decoder"
+T5_MAX_LENGTH = 512  # the reference's t5_sequence_length for the negative prompt
+NEGATIVE_FILE = "negative_prompt.safetensors"
+NEGATIVE_KEY = "prompt_embeds"
+NEGATIVE_MODES = ("zeros", "t5-empty")
 
 
 # ---- latents and ids --------------------------------------------------------------------------
@@ -197,11 +211,16 @@ def tensor_to_images(x: torch.Tensor) -> list:
 # ---- the FLUX base and the decoder folders ----------------------------------------------------
 
 def resolve_flux_base(base: str) -> str:
-    """`tiny` -> the tiny FLUX folder, `paper` -> FLUX.1-dev's hub id, else as given."""
+    """`tiny` -> the tiny FLUX folder, `tiny-t5` -> the same with a tiny T5, `paper` -> FLUX.1-dev's
+    hub id, else as given."""
     if base == "tiny":
         from nexus_gen.models.tiny.flux_tiny import tiny_flux_dir
 
         return str(tiny_flux_dir())
+    if base == "tiny-t5":
+        from nexus_gen.models.tiny.flux_tiny import tiny_flux_t5_dir
+
+        return str(tiny_flux_t5_dir())
     if base == "paper":
         return PAPER_FLUX
     return str(base)
@@ -224,8 +243,76 @@ def empty_prompt_pooled(base: str) -> torch.Tensor:
         return enc(ids).pooler_output.detach().float()
 
 
-def load_flux_parts(base: str, with_dit: bool, dtype=torch.float32) -> dict[str, Any]:
-    """VAE, scheduler, pooled "" and (when `with_dit`) the DiT of a FLUX base folder or hub id."""
+def base_has_t5(base: str) -> bool:
+    """Whether a FLUX base has `text_encoder_2/` + `tokenizer_2/`: a folder holding both; a hub id
+    whose T5 files are in the Hugging Face cache, or any hub id when online (T5 is then fetched)."""
+    src = resolve_flux_base(base)
+    path = Path(src)
+    if path.is_dir():
+        return (path / "text_encoder_2").is_dir() and (path / "tokenizer_2").is_dir()
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = all(isinstance(try_to_load_from_cache(src, f), str)
+                 for f in ("text_encoder_2/config.json", "tokenizer_2/tokenizer_config.json"))
+    return cached or not constants.HF_HUB_OFFLINE
+
+
+def empty_prompt_t5(base: str, dtype: torch.dtype = torch.float32,
+                    max_length: int = T5_MAX_LENGTH) -> torch.Tensor:
+    """T5("") [1, max_length, J] from `base`'s `text_encoder_2/` + `tokenizer_2/`, as the reference
+    encodes its negative prompt: padded to `max_length`, no attention mask, last hidden state; run
+    in `dtype` (on CUDA when there is one), returned in float32 on the CPU; T5 is freed after."""
+    from transformers import T5EncoderModel, T5TokenizerFast
+
+    src = resolve_flux_base(base)
+    try:
+        tok = T5TokenizerFast.from_pretrained(src, subfolder="tokenizer_2")
+        enc = T5EncoderModel.from_pretrained(src, subfolder="text_encoder_2", dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load the T5 text encoder of FLUX base {base!r} ({src}): {e}") from e
+    ids = tok([""], padding="max_length", max_length=max_length, truncation=True,
+              return_tensors="pt").input_ids
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        with torch.no_grad():
+            out = enc.to(device).eval()(input_ids=ids.to(device)).last_hidden_state.float().cpu()
+    finally:
+        del enc
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    log.info("negative prompt: T5(\"\") of %s, %d tokens, computed once (T5 freed)", base, out.shape[1])
+    return out
+
+
+def base_negative(base: str, dtype: torch.dtype = torch.float32) -> Optional[torch.Tensor]:
+    """The CFG negative prompt sequence of a FLUX base: T5("") when it has T5, else None (zeros)."""
+    if base_has_t5(base):
+        return empty_prompt_t5(base, dtype)
+    log.log(logging.INFO if str(base).startswith("tiny") else logging.WARNING,
+            "FLUX base %s has no text_encoder_2/tokenizer_2 (T5): the CFG negative branch is the "
+            "all-zero prompt sequence, not the reference's T5(\"\")", base)
+    return None
+
+
+def read_negative(folder: Union[str, Path]) -> torch.Tensor:
+    """The cached T5("") sequence [1, L, J] of a saved decoder folder."""
+    from safetensors.torch import load_file
+
+    p = Path(folder) / NEGATIVE_FILE
+    if not p.is_file():
+        raise ValueError(f"{folder}: its json says negative 't5-empty' but {NEGATIVE_FILE} is missing")
+    state = load_file(str(p))
+    if set(state) != {NEGATIVE_KEY} or state[NEGATIVE_KEY].ndim != 3:
+        raise ValueError(f"{p}: expected one tensor {NEGATIVE_KEY!r} [1, L, J], got "
+                         f"{ {k: tuple(v.shape) for k, v in state.items()} }")
+    return state[NEGATIVE_KEY]
+
+
+def load_flux_parts(base: str, with_dit: bool, dtype=torch.float32,
+                    negative: bool = True) -> dict[str, Any]:
+    """VAE, scheduler, pooled "", the CFG negative (`base_negative`, when `negative`) and (when
+    `with_dit`) the DiT of a FLUX base folder or hub id."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
     src = resolve_flux_base(base)
@@ -241,6 +328,8 @@ def load_flux_parts(base: str, with_dit: bool, dtype=torch.float32) -> dict[str,
         raise ValueError(f"cannot load FLUX base {base!r} ({src}): not a diffusers FLUX folder "
                          f"and not in the Hugging Face cache (offline?): {e}") from e
     parts["pooled_empty"] = empty_prompt_pooled(base)
+    if negative:
+        parts["negative_prompt"] = base_negative(base, dtype)
     return parts
 
 
@@ -257,14 +346,15 @@ def read_decoder_config(folder: Union[str, Path], kind: str) -> dict[str, Any]:
 
 class FluxDecoderBase(nn.Module):
     """A FLUX DiT conditioned on a prompt sequence made from image embeddings: the frozen VAE,
-    the pooled CLIP of "" (a buffer, recomputed from the base at load), the scheduler, the
+    the pooled CLIP of "" (a buffer, recomputed from the base at load), the CFG negative prompt
+    sequence (T5("") or None = zeros; a buffer, saved with the decoder), the scheduler, the
     flow-matching loss and the sampler. Subclasses add the module that makes the prompt."""
 
     kind = ""
     trained_prefixes: tuple[str, ...] = ()  # state-dict prefixes saved beside the DiT
 
     def __init__(self, config: dict[str, Any], dit: nn.Module, vae: nn.Module, scheduler: Any,
-                 pooled_empty: torch.Tensor) -> None:
+                 pooled_empty: torch.Tensor, negative_prompt: Optional[torch.Tensor] = None) -> None:
         super().__init__()
         self.config = dict(config)
         self.dit = dit
@@ -279,6 +369,16 @@ class FluxDecoderBase(nn.Module):
             raise ValueError(f"the base's CLIP pooled size {pooled_empty.shape[-1]} does not match "
                              f"the DiT's pooled_projection_dim {pooled_dim}")
         self.register_buffer("pooled_empty", pooled_empty.reshape(1, -1), persistent=False)
+        if negative_prompt is not None:
+            if negative_prompt.ndim == 2:
+                negative_prompt = negative_prompt.unsqueeze(0)
+            if negative_prompt.ndim != 3 or negative_prompt.shape[0] != 1 \
+                    or negative_prompt.shape[-1] != self.joint_dim:
+                raise ValueError(f"negative prompt sequence of shape {tuple(negative_prompt.shape)}: "
+                                 f"expected [1, L, {self.joint_dim}] (the DiT's joint_attention_dim; "
+                                 "is the base's T5 the one of this DiT?)")
+        self.register_buffer("negative_prompt", negative_prompt, persistent=False)
+        self.config["negative"] = "zeros" if negative_prompt is None else "t5-empty"
 
     @property
     def vae(self) -> nn.Module:
@@ -355,8 +455,9 @@ class FluxDecoderBase(nn.Module):
     def sample(self, prompt: torch.Tensor, txt_ids: torch.Tensor, height: int, width: int,
                steps: int, cfg: float, guidance: float, seed: int,
                shift: Optional[float] = REFERENCE_SHIFT) -> list:
-        """Seeded sampling -> PIL images. With cfg != 1 the negative branch is the all-zero prompt
-        sequence (the reference's negative is T5(""), which Nexus-Gen's decoders never use)."""
+        """Seeded sampling -> PIL images. With cfg != 1 the negative branch is the cached T5("")
+        sequence with zero text ids (as the reference), or without T5 in the base the all-zero
+        prompt sequence with the positive text ids (`config["negative"]` says which)."""
         lh, lw = self._latent_size(height, width)
         b = prompt.shape[0]
         device = prompt.device
@@ -364,16 +465,24 @@ class FluxDecoderBase(nn.Module):
         latents = pack_latents(initial_noise(b, channels, lh, lw, seed)).to(device)
         img_ids = latent_image_ids(lh, lw, device, self.dit.dtype)
         txt_ids = txt_ids.to(device, self.dit.dtype)
-        negative = torch.zeros_like(prompt)
+        negative, neg_ids = self.negative_branch(prompt, txt_ids)
         set_sampling_timesteps(self.scheduler, int(steps), latents.shape[1], shift, device=device)
         for t in self.scheduler.timesteps:
             sigma = (t / NUM_TRAIN_TIMESTEPS).expand(b)
             v = self.velocity(latents, sigma, prompt, txt_ids, img_ids, guidance)
             if float(cfg) != 1.0:
-                v_neg = self.velocity(latents, sigma, negative, txt_ids, img_ids, guidance)
+                v_neg = self.velocity(latents, sigma, negative, neg_ids, img_ids, guidance)
                 v = v_neg + float(cfg) * (v - v_neg)
             latents = self.scheduler.step(v.float(), t, latents.float(), return_dict=False)[0]
         return self.decode_latents(unpack_latents(latents, lh, lw))
+
+    def negative_branch(self, prompt: torch.Tensor, txt_ids: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(negative prompt [B, L, J], its text ids [L, 3]) for a positive prompt [B, N, J]."""
+        if self.negative_prompt is None:
+            return torch.zeros_like(prompt), txt_ids
+        neg = self.negative_prompt.to(prompt.device, prompt.dtype).expand(prompt.shape[0], -1, -1)
+        return neg, zero_text_ids(neg.shape[1], prompt.device, txt_ids.dtype)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
         """Recompute activations in backward: the DiT's blocks and any transformers
@@ -397,7 +506,8 @@ class FluxDecoderBase(nn.Module):
 
     def save_pretrained(self, folder: Union[str, Path]) -> Path:
         """`nexus_gen_decoder.json` + `decoder.safetensors` (reference key names) + `dit/` (the
-        DiT in diffusers layout). The VAE, CLIP and scheduler come from `base` at load."""
+        DiT in diffusers layout) + `negative_prompt.safetensors` (the cached T5(""), when the
+        negative is `t5-empty`). The VAE, CLIP and scheduler come from `base` at load."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
@@ -405,6 +515,11 @@ class FluxDecoderBase(nn.Module):
         cfg = dict(self.config, format=DECODER_FORMAT, kind=self.kind, joint_dim=self.joint_dim)
         save_file(self._trained_state(), str(folder / DECODER_WEIGHTS), metadata={"kind": self.kind})
         self.dit.save_pretrained(folder / DIT_FOLDER, safe_serialization=True)
+        if self.negative_prompt is not None:
+            save_file({NEGATIVE_KEY: self.negative_prompt.detach().float().cpu().contiguous()},
+                      str(folder / NEGATIVE_FILE), metadata={"text": "", "encoder": "t5"})
+        elif (folder / NEGATIVE_FILE).exists():
+            (folder / NEGATIVE_FILE).unlink()
         (folder / DECODER_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n",
                                              encoding="utf-8")
         return folder
@@ -412,14 +527,20 @@ class FluxDecoderBase(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: Union[str, Path], base: Optional[str] = None,
                         dtype: torch.dtype = torch.float32) -> "FluxDecoderBase":
-        """A decoder saved by `save_pretrained`; `base` overrides the FLUX base recorded in it."""
+        """A decoder saved by `save_pretrained`; `base` overrides the FLUX base recorded in it.
+        The CFG negative is the saved one (`t5-empty`: read from the folder, no T5 is loaded)."""
         from diffusers import FluxTransformer2DModel
         from safetensors.torch import load_file
 
         cfg = read_decoder_config(folder, cls.kind)
         if base is not None:
             cfg["base"] = base
-        parts = load_flux_parts(cfg["base"], with_dit=False, dtype=dtype)
+        mode = cfg.get("negative", "zeros")
+        if mode not in NEGATIVE_MODES:
+            raise ValueError(f"{folder}: negative {mode!r} is not one of {NEGATIVE_MODES}")
+        negative = read_negative(folder) if mode == "t5-empty" else None
+        parts = load_flux_parts(cfg["base"], with_dit=False, dtype=dtype, negative=False)
+        parts["negative_prompt"] = negative
         parts["dit"] = FluxTransformer2DModel.from_pretrained(Path(folder) / DIT_FOLDER,
                                                               torch_dtype=dtype)
         if int(parts["dit"].config.joint_attention_dim) != int(cfg.get("joint_dim", -1)):

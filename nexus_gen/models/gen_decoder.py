@@ -44,8 +44,8 @@ class NexusGenGenerationDecoder(FluxDecoderBase):
     trained_prefixes = ("adapter.",)
 
     def __init__(self, config: dict[str, Any], dit: nn.Module, vae: nn.Module, scheduler: Any,
-                 pooled_empty: torch.Tensor) -> None:
-        super().__init__(config, dit, vae, scheduler, pooled_empty)
+                 pooled_empty: torch.Tensor, negative_prompt: Optional[torch.Tensor] = None) -> None:
+        super().__init__(config, dit, vae, scheduler, pooled_empty, negative_prompt)
         self.embed_dim = int(config["embed_dim"])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(INIT_SEED)

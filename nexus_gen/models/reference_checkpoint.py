@@ -24,7 +24,9 @@ Facts (from the reference repository modelscope/Nexus-Gen and DiffSynth-Studio; 
   keys. The DiT is under DiffSynth 1.x FluxDiT names (`diffsynth_flux_keys`). V1 has no editing
   decoder (it edits with the generation decoder).
 - The VAE, CLIP text encoder (pooled embedding of "") and scheduler come from the FLUX.1-dev base
-  (`black-forest-labs/FLUX.1-dev`, gated on the Hugging Face hub)."""
+  (`black-forest-labs/FLUX.1-dev`, gated on the Hugging Face hub), and so does T5-XXL
+  (`text_encoder_2/`, `tokenizer_2/`): the reference's CFG negative is T5("") (512 tokens), computed
+  once here for both decoders; a base folder without T5 gives the all-zero negative instead."""
 from __future__ import annotations
 
 import json
@@ -52,6 +54,7 @@ FLUX_BASE = "black-forest-labs/FLUX.1-dev"
 # what a download fetches: weights, configs, tokenizer files; never remote code (*.py)
 CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.jinja", "*.model"]
 FLUX_BASE_PATTERNS = ["model_index.json", "scheduler/*", "vae/*", "text_encoder/*", "tokenizer/*",
+                      "text_encoder_2/*", "tokenizer_2/*",  # T5: only for the CFG negative T5("")
                       "transformer/config.json"]  # the DiT weights come from the Nexus-Gen decoders
 # transformers 4.49 -> current names (applied in order; the second skips already-current names)
 AR_EXTRA_KEYS = ("vision_head.weight", "image_prefill_embeds.weight")
@@ -333,45 +336,69 @@ def _build_dit(state: Mapping[str, torch.Tensor], base_config: dict, where: str)
     return dit
 
 
+def _flux_base_config(base: str | Path) -> tuple[Path, dict]:
+    """(FLUX base folder, its transformer config) for `tiny`, `paper`, a folder or a hub id."""
+    from nexus_gen.models.flow_matching import resolve_flux_base as named_flux_base
+
+    base_dir = resolve_flux_base(named_flux_base(str(base)))
+    transformer_config = base_dir / "transformer" / "config.json"
+    if not transformer_config.is_file():
+        raise ValueError(f"FLUX base {base}: no transformer/config.json (needed for the DiT's shape)")
+    return base_dir, json.loads(transformer_config.read_text(encoding="utf-8"))
+
+
+def load_reference_decoders(ckpt: ReferenceCheckpoint, text_config: Any, geometry: Mapping[str, int], *,
+                            base: str | Path = FLUX_BASE, dtype: torch.dtype = torch.float32,
+                            decoders: tuple = ("generation", "editing")) -> tuple[Any, Any]:
+    """(generation decoder, editing decoder or None) of a checked published folder on the FLUX `base`,
+    for an AR of `text_config` and `geometry`; the CFG negative is the base's T5("") (computed once
+    for both) or zeros when the base has no T5."""
+    from nexus_gen.models.edit_decoder import EDIT_PROFILES, NexusGenEditingDecoder
+    from nexus_gen.models.flow_matching import base_negative, load_flux_parts
+    from nexus_gen.models.gen_decoder import GEN_PROFILES, NexusGenGenerationDecoder
+
+    base_dir, base_config = _flux_base_config(base)
+    d = int(text_config.hidden_size)
+    gen = edit = None
+    wanted = ("generation" in decoders) or ("editing" in decoders and ckpt.editing_decoder is not None)
+    negative = base_negative(str(base_dir), dtype) if wanted else None
+
+    def flux_parts() -> dict:
+        return dict(load_flux_parts(str(base_dir), with_dit=False, dtype=dtype, negative=False),
+                    negative_prompt=negative)
+
+    if "generation" in decoders:
+        state = generation_decoder_state(ckpt.generation_decoder, dtype=dtype)
+        cfg = dict(GEN_PROFILES["paper"], base=str(base_dir), embed_dim=d, profile="published")
+        gen = NexusGenGenerationDecoder(cfg, dit=_build_dit(state, base_config, str(ckpt.generation_decoder)),
+                                        **flux_parts())
+        gen.adapter.load_state_dict(_take(state, "adapter."), strict=True)
+    if "editing" in decoders and ckpt.editing_decoder is not None:
+        state = editing_decoder_state(ckpt.editing_decoder, dtype=dtype)
+        cfg = dict(EDIT_PROFILES["paper"], base=str(base_dir), embed_dim=d, profile="published",
+                   image_tokens=geometry["image_tokens"], source_tokens=geometry["source_tokens"],
+                   merger_text_config=text_config.to_dict(),
+                   projector_hidden=int(state["embedding_merger.projector.1.weight"].shape[0]))
+        edit = NexusGenEditingDecoder(cfg, dit=_build_dit(state, base_config, str(ckpt.editing_decoder)),
+                                      **flux_parts())
+        edit.embedding_merger.load_state_dict(_take(state, "embedding_merger."), strict=True)
+    elif "editing" in decoders:
+        log.info("%s is %s: it has no editing decoder; edits go through the generation decoder",
+                 ckpt.folder, ckpt.version)
+    return gen, edit
+
+
 def load_reference_pipeline_parts(source: str | Path, *, base: str | Path = FLUX_BASE,
                                   dtype: torch.dtype = torch.float32, decoders: tuple = ("generation", "editing"),
                                   geometry: Optional[Mapping[str, int]] = None) -> tuple[Any, Any, Any, dict]:
     """(AR model with processor, generation decoder, editing decoder or None, info) of a published
     checkpoint, the decoders built on the FLUX `base` (`tiny`, `paper`, a folder or a hub id)."""
-    from nexus_gen.models.edit_decoder import EDIT_PROFILES, NexusGenEditingDecoder
-    from nexus_gen.models.flow_matching import load_flux_parts
-    from nexus_gen.models.flow_matching import resolve_flux_base as named_flux_base
-    from nexus_gen.models.gen_decoder import GEN_PROFILES, NexusGenGenerationDecoder
-
     ckpt = inspect_reference(resolve_reference(source))
-    named = named_flux_base(str(base))
-    base_dir = resolve_flux_base(named)
-    transformer_config = base_dir / "transformer" / "config.json"
-    if not transformer_config.is_file():
-        raise ValueError(f"FLUX base {base}: no transformer/config.json (needed for the DiT's shape)")
-    base_config = json.loads(transformer_config.read_text(encoding="utf-8"))
+    base_dir, _ = _flux_base_config(base)  # before the AR loads: a bad base fails first
     ar = load_reference_ar(ckpt.folder, dtype=dtype, geometry=geometry)
     if getattr(ar, "processor", None) is None:
         raise ValueError(f"{ckpt.folder}: no processor files (tokenizer / preprocessor config) beside the AR weights")
-    d, geo = ar.config.text_config.hidden_size, ar.geometry
-    gen = edit = None
-    if "generation" in decoders:
-        state = generation_decoder_state(ckpt.generation_decoder, dtype=dtype)
-        cfg = dict(GEN_PROFILES["paper"], base=str(base_dir), embed_dim=d, profile="published")
-        gen = NexusGenGenerationDecoder(cfg, dit=_build_dit(state, base_config, str(ckpt.generation_decoder)),
-                                        **load_flux_parts(str(base_dir), with_dit=False, dtype=dtype))
-        gen.adapter.load_state_dict(_take(state, "adapter."), strict=True)
-    if "editing" in decoders and ckpt.editing_decoder is not None:
-        state = editing_decoder_state(ckpt.editing_decoder, dtype=dtype)
-        cfg = dict(EDIT_PROFILES["paper"], base=str(base_dir), embed_dim=d, profile="published",
-                   image_tokens=geo["image_tokens"], source_tokens=geo["source_tokens"],
-                   merger_text_config=ar.config.text_config.to_dict(),
-                   projector_hidden=int(state["embedding_merger.projector.1.weight"].shape[0]))
-        edit = NexusGenEditingDecoder(cfg, dit=_build_dit(state, base_config, str(ckpt.editing_decoder)),
-                                      **load_flux_parts(str(base_dir), with_dit=False, dtype=dtype))
-        edit.embedding_merger.load_state_dict(_take(state, "embedding_merger."), strict=True)
-    elif "editing" in decoders:
-        log.info("%s is %s: it has no editing decoder; edits go through the generation decoder",
-                 ckpt.folder, ckpt.version)
+    gen, edit = load_reference_decoders(ckpt, ar.config.text_config, ar.geometry, base=base_dir, dtype=dtype,
+                                        decoders=decoders)
     info = {"version": ckpt.version, "edit_decoder": "editing" if ckpt.editing_decoder else "generation"}
     return ar, gen, edit, info
