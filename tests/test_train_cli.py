@@ -54,7 +54,7 @@ def test_cli_errors_before_anything_starts(tmp_path, shards):
     assert res.exit_code == 2
     assert f"{cfg}: stage: the config trains 'toy', but the command says 'ar'" in res.output
     res = _run("painter", cfg, "-o", tmp_path / "run")
-    assert res.exit_code == 2 and "unknown stage 'painter'; allowed: ar, gen-decoder, edit-decoder, toy" in res.output
+    assert res.exit_code == 2 and "unknown stage 'painter'; allowed: ar, gen-decoder, edit-decoder, vae, toy" in res.output
     bad = write_config(tmp_path / "bad.yaml", toy_config(shards, train={"lr": "fast"}))
     res = _run("toy", bad, "-o", tmp_path / "run")
     assert res.exit_code == 2 and "bad.yaml: train.lr: Input should be a valid number" in res.output

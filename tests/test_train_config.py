@@ -26,7 +26,7 @@ def _error(tmp_path: Path, cfg: dict) -> str:
 
 def test_unknown_stage_lists_the_stages(tmp_path, shards):
     msg = _error(tmp_path, toy_config(shards, stage="diffusion"))
-    assert "stage: unknown stage 'diffusion'; allowed: ar, gen-decoder, edit-decoder, toy" in msg
+    assert "stage: unknown stage 'diffusion'; allowed: ar, gen-decoder, edit-decoder, vae, toy" in msg
 
 
 def test_unknown_keys_are_named_with_their_dotted_path(tmp_path, shards):

@@ -14,6 +14,7 @@ STAGES: dict[str, str] = {
     "ar": "nexus_gen.train.stage_ar:ARStage",
     "gen-decoder": "nexus_gen.train.stage_gen_decoder:GenDecoderStage",
     "edit-decoder": "nexus_gen.train.stage_edit_decoder:EditDecoderStage",
+    "vae": "nexus_gen.train.stage_vae:VAEStage",
 }
 EXTRA_STAGES_ENV = "NEXUS_GEN_TRAIN_STAGES"
 
