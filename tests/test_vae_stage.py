@@ -218,3 +218,30 @@ def test_shipped_config_and_recipe_validate():
     assert cfg.stage == "vae" and st.latent_size == 16 and st.compression == 4
     recipe, _ = load_recipe(REPO / "datasets_spec/recipes/vae_scenes.yaml")
     assert recipe.sources[0].size == st.m["size"] and recipe.outputs.generation
+
+
+def test_the_generation_decoder_uses_the_assembled_base(tmp_path):
+    """A trained-stage folder becomes the tiny FLUX base's vae/: the decoder loads it through its
+    ordinary `base` argument, its latent geometry follows the VAE (x4: 64 px -> 16 x 16 -> 64
+    packed tokens) and its encode -> decode is the VAE's own reconstruction."""
+    from nexus_gen.models.gen_decoder import NexusGenGenerationDecoder
+    from nexus_gen.models.scenes_vae import assemble_flux_base, load_scenes_vae, reconstruct
+
+    st = VAEStage(dict(SMALL), {})
+    model = st.build_model(torch.device("cpu"))
+    x = _held_out()[:2]
+    model.train()
+    model(x, st.weights)  # one batch of statistics
+    st.save(model, tmp_path / "trained")
+    base = assemble_flux_base(tmp_path / "trained", tmp_path / "base", base="tiny")
+    dec = NexusGenGenerationDecoder.from_base("tiny", base=str(base))
+    trained = load_scenes_vae(tmp_path / "trained")
+    assert dec.vae_scale == 4 and dec.vae.config.scaling_factor == trained.config.scaling_factor
+    assert all(torch.equal(a, b) for a, b in zip(dec.vae.state_dict().values(), trained.state_dict().values()))
+    lat = dec.encode_images(x)
+    assert lat.shape == (2, 16, 16, 16)
+    ref = torch.from_numpy(np.stack([np.asarray(im) for im in dec.decode_latents(lat)])).float()
+    mine = ((reconstruct(trained, x) + 1) * 127.5).round().permute(0, 2, 3, 1)
+    assert (ref - mine).abs().max() <= 1  # the shift/scale round trip, then uint8 rounding
+    images = dec.generate(torch.zeros(1, 4, 64), height=64, width=64, steps=2, seed=0)
+    assert images[0].size == (64, 64)

@@ -19,10 +19,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# FLUX.1-dev's latent normalisation (its vae/config.json), the default of a fresh tiny VAE
-# before the stage measures its own.
-FLUX_SCALING_FACTOR = 0.3611
-FLUX_SHIFT_FACTOR = 0.1159
 FLUX_BASE_PARTS = ("transformer", "text_encoder", "tokenizer", "scheduler")
 INIT_SEED = 0
 
@@ -37,6 +33,9 @@ def new_scenes_vae(size: int, latent_channels: int, block_out_channels: Sequence
     """A random-init (seeded, caller's RNG untouched) FLUX-layout AutoencoderKL."""
     from diffusers import AutoencoderKL
 
+    # FLUX.1-dev's latent normalisation until the stage measures this VAE's own
+    from nexus_gen.models.tiny.flux_tiny import FLUX_VAE_SCALING, FLUX_VAE_SHIFT
+
     n = len(block_out_channels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -45,7 +44,7 @@ def new_scenes_vae(size: int, latent_channels: int, block_out_channels: Sequence
             layers_per_block=int(layers_per_block), block_out_channels=tuple(int(c) for c in block_out_channels),
             norm_num_groups=int(norm_num_groups), sample_size=int(size),
             down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-            scaling_factor=FLUX_SCALING_FACTOR, shift_factor=FLUX_SHIFT_FACTOR,
+            scaling_factor=FLUX_VAE_SCALING, shift_factor=FLUX_VAE_SHIFT,
             use_quant_conv=False, use_post_quant_conv=False)
 
 
@@ -84,14 +83,9 @@ def reconstruct(vae: Any, images: torch.Tensor) -> torch.Tensor:
 
 
 def _resolve_base(base: str) -> Path:
-    if base == "tiny":
-        try:
-            from nexus_gen.models.tiny.flux_tiny import tiny_flux_dir
-        except ImportError:
-            raise ValueError("base 'tiny': the tiny FLUX (nexus_gen.models.tiny.flux_tiny) is not in this "
-                             "checkout; pass a FLUX folder") from None
-        return Path(tiny_flux_dir())
-    p = Path(base)
+    from nexus_gen.models.flow_matching import resolve_flux_base
+
+    p = Path(resolve_flux_base(base))  # `tiny` -> the tiny FLUX folder (built once)
     if not p.is_dir():
         raise ValueError(f"base {base!r}: not a local folder (download a hub FLUX first, or use 'tiny')")
     return p
