@@ -1,4 +1,4 @@
-"""`nexus-gen train STAGE CONFIG.yaml`: train one stage (ar, gen-decoder, edit-decoder).
+"""`nexus-gen train STAGE CONFIG.yaml`: train one stage (ar, gen-decoder, edit-decoder, vae).
 
 The config, the output folder, a checkpoint to resume and the data are checked before anything
 starts (one line naming the file and the key, exit 2). One process: the Prefect train flow (a
@@ -24,7 +24,7 @@ def _summary(record: dict) -> str:
 
 
 def train(
-    stage: str = typer.Argument(..., metavar="STAGE", help="ar, gen-decoder or edit-decoder (must match "
+    stage: str = typer.Argument(..., metavar="STAGE", help="ar, gen-decoder, edit-decoder or vae (must match "
                                 "the config's `stage`)."),
     config: Path = typer.Argument(..., metavar="CONFIG.yaml", help="Train config (datasets_spec/train/*.yaml)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: the config's output_dir)."),
