@@ -176,7 +176,7 @@ def _fake_flux_base(folder, in_channels=64):
                            pooled_projection_dim=32, axes_dims_rope=(4, 6, 6)
                            ).save_pretrained(folder / "transformer")
     FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(folder / "scheduler")
-    for part in ("text_encoder", "tokenizer", "vae"):
+    for part in ("text_encoder", "tokenizer", "vae", "text_encoder_2"):
         (folder / part).mkdir(parents=True)
         (folder / part / "stand-in.txt").write_text(part)
     return folder
@@ -191,7 +191,8 @@ def test_assemble_flux_base_swaps_the_vae(tmp_path):
     st = VAEStage({**SMALL, "scaling_factor": 0.7, "shift_factor": 0.1}, {})
     st.save(st.build_model(torch.device("cpu")), tmp_path / "trained")
     out = assemble_flux_base(tmp_path / "trained", tmp_path / "scenes_base", base=str(base))
-    assert sorted(p.name for p in out.iterdir()) == ["scheduler", "text_encoder", "tokenizer", "transformer", "vae"]
+    assert sorted(p.name for p in out.iterdir()) == ["scheduler", "text_encoder", "text_encoder_2", "tokenizer",
+                                                     "transformer", "vae"]  # T5 kept when the base has it
     assert (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == \
         (tmp_path / "trained" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert not (out / "vae" / "stand-in.txt").exists() and (out / "tokenizer" / "stand-in.txt").read_text() == "tokenizer"

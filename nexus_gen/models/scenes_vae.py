@@ -93,8 +93,9 @@ def _resolve_base(base: str) -> Path:
 
 def assemble_flux_base(vae: Union[str, Path], out: Union[str, Path], base: str = "tiny",
                        link: bool = False) -> Path:
-    """A FLUX `base` folder at `out`: `base`'s transformer/, text_encoder/, tokenizer/, scheduler/
-    (copied, or symlinked with `link`) and `vae` (a trained VAE folder or its parent) as vae/.
+    """A FLUX `base` folder at `out`: everything of `base` but its vae/ (transformer/, text_encoder/,
+    tokenizer/, scheduler/, T5's text_encoder_2/ + tokenizer_2/ when it has them; copied, or
+    symlinked with `link`) and `vae` (a trained VAE folder or its parent) as vae/.
     Checks the VAE fits the DiT (latent_channels x 4 = the DiT's in_channels, FLUX's 2x2
     packing) before writing. `out` must not exist or be empty."""
     src = _resolve_base(base)
@@ -111,11 +112,15 @@ def assemble_flux_base(vae: Union[str, Path], out: Union[str, Path], base: str =
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} exists and is not empty; choose a new folder for the base")
     out.mkdir(parents=True, exist_ok=True)
-    for part in FLUX_BASE_PARTS:
+    for item in sorted(src.iterdir()):  # every part but vae/ (also text_encoder_2/, tokenizer_2/ when there)
+        if item.name == "vae" or item.name.startswith("."):
+            continue
         if link:
-            (out / part).symlink_to((src / part).resolve(), target_is_directory=True)
+            (out / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+        elif item.is_dir():
+            shutil.copytree(item, out / item.name)
         else:
-            shutil.copytree(src / part, out / part)
+            shutil.copy2(item, out / item.name)
     shutil.copytree(vae_dir, out / "vae")
     log.info("FLUX base %s: %s with the VAE of %s (x%d)", out, src, vae_dir,
              vae_compression(vcfg["block_out_channels"]))
