@@ -45,6 +45,7 @@ class ToyStage(TrainStage):
     name = "toy"
     tasks = ("editing",)
     lora_targets = ("fc1", "fc2")
+    shard_units = ("Linear",)  # FSDP: fc1 and fc2 each a unit
 
     def __init__(self, model_cfg: dict[str, Any], data_cfg: dict[str, Any]) -> None:
         super().__init__(model_cfg, data_cfg)

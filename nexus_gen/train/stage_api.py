@@ -1,7 +1,7 @@
 """The contract between the training loop and a training stage (AR model, generation decoder,
 editing decoder): the stage owns its model, turns unified samples into examples and examples into
 a loss; the loop owns everything else (data streaming, optimiser, schedule, checkpoints, resume,
-DDP, LoRA, metrics). Adding a stage touches no other stage and not the loop."""
+DDP / FSDP, LoRA, metrics). Adding a stage touches no other stage and not the loop."""
 from __future__ import annotations
 
 import abc
@@ -25,6 +25,8 @@ class TrainStage(abc.ABC):
     # Modules trained in full beside the LoRA adapters: the parts the base model does not have
     # (new heads, adapters), which a low-rank update of nothing cannot learn.
     lora_full_modules: ClassVar[tuple[str, ...]] = ()
+    # FSDP wrap units: class names of the model's blocks (each block all-gathered on its own)
+    shard_units: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model_cfg: dict[str, Any], data_cfg: dict[str, Any]) -> None:
         self.model_cfg = dict(model_cfg)

@@ -30,6 +30,7 @@ class EditDecoderStage(DecoderStageBase):
     kinds = ("predicted", "source")
     decoder_kind = "editing"
     lora_full_modules = ("embedding_merger",)
+    shard_units = ("FluxTransformerBlock", "FluxSingleTransformerBlock", "Qwen2_5_VLDecoderLayer")  # + merger layer
 
     @property
     def profiles(self) -> dict[str, dict[str, Any]]:  # type: ignore[override]

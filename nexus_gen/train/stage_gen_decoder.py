@@ -45,6 +45,7 @@ class DecoderStageBase(TrainStage):
     model_keys: ClassVar[tuple[str, ...]] = ()
     kinds: ClassVar[tuple[str, ...]] = ()
     lora_targets = FLUX_LORA_TARGETS
+    shard_units: ClassVar[tuple[str, ...]] = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
     decoder_kind: ClassVar[str] = ""
 

@@ -1,5 +1,8 @@
 """Training checkpoints `RUN/ckpt-<step>/`: the trainable weights (safetensors), optimizer and
-scheduler states, every rank's RNG states and data position, the config hash and the step.
+scheduler states, every rank's RNG states and data position, the config hash and the step. Under
+FSDP the weights and optimizer states are `sharded/` (torch.distributed.checkpoint, written by
+every rank; `train_sharding`) instead of `trainable.safetensors` + `optimizer.pt`; `state.json`
+says which (`format`: full | sharded).
 Written under a temporary name and renamed (a reader never sees half a checkpoint); the oldest
 beyond `keep_last` are removed after a new one is complete."""
 from __future__ import annotations
@@ -78,24 +81,41 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return result
 
 
-def save_checkpoint(run_dir: Union[str, Path], step: int, model_state: dict[str, torch.Tensor],
-                    optimizer: dict[str, Any], scheduler: dict[str, Any], ranks: list[dict[str, Any]],
-                    state: dict[str, Any], keep_last: int) -> Path:
+def tmp_dir(run_dir: Union[str, Path], step: int) -> Path:
+    """Where `ckpt-<step>/` is written before it is renamed into place."""
+    return Path(run_dir) / f".{PREFIX}{step}.tmp"
+
+
+def fresh_tmp(run_dir: Union[str, Path], step: int) -> Path:
+    """The (emptied) folder `ckpt-<step>/` is written in before it is renamed into place."""
+    tmp = tmp_dir(run_dir, step)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_checkpoint(run_dir: Union[str, Path], step: int, model_state: Optional[dict[str, torch.Tensor]],
+                    optimizer: Optional[dict[str, Any]], scheduler: dict[str, Any], ranks: list[dict[str, Any]],
+                    state: dict[str, Any], keep_last: int, tmp: Optional[Path] = None) -> Path:
     """Write `ckpt-<step>/` atomically; `ranks` holds each rank's {"rng": .., "data": ..};
-    `state` is JSON (step, config hash, ...). Removes checkpoints older than the last `keep_last`."""
+    `state` is JSON (step, config hash, ...). Removes checkpoints older than the last `keep_last`.
+    `model_state` / `optimizer` None: the sharded state was already written into `tmp`
+    (`fresh_tmp`, then every rank's `train_sharding.save_sharded`)."""
     from safetensors.torch import save_file
 
     run_dir = Path(run_dir)
     final = run_dir / f"{PREFIX}{step}"
-    tmp = run_dir / f".{PREFIX}{step}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(model_state, str(tmp / WEIGHTS))
-    torch.save(optimizer, tmp / "optimizer.pt")
+    if tmp is None:
+        tmp = fresh_tmp(run_dir, step)
+    if model_state is not None:
+        save_file(model_state, str(tmp / WEIGHTS))
+    if optimizer is not None:
+        torch.save(optimizer, tmp / "optimizer.pt")
     torch.save(scheduler, tmp / "scheduler.pt")
     torch.save([r["rng"] for r in ranks], tmp / "rng.pt")
-    (tmp / STATE).write_text(json.dumps({**state, "step": step, "data": [r["data"] for r in ranks]},
+    fmt = "full" if model_state is not None else "sharded"
+    (tmp / STATE).write_text(json.dumps({**state, "step": step, "format": fmt, "data": [r["data"] for r in ranks]},
                                         indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     if final.exists():  # the same step again (a resumed run that died before its next checkpoint)
         shutil.rmtree(final)
@@ -106,12 +126,15 @@ def save_checkpoint(run_dir: Union[str, Path], step: int, model_state: dict[str,
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
-    """Everything `save_checkpoint` wrote: {"model", "optimizer", "scheduler", "rng" (per rank), "state"}."""
+    """Everything `save_checkpoint` wrote: {"model", "optimizer", "scheduler", "rng" (per rank), "state"};
+    "model" and "optimizer" are None in a sharded checkpoint (`train_sharding.load_sharded` reads those)."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    return {"model": load_file(str(path / WEIGHTS), device=str(map_location)),
-            "optimizer": torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True),
+    full = checkpoint_format(read_state(path)) == "full"
+    return {"model": load_file(str(path / WEIGHTS), device=str(map_location)) if full else None,
+            "optimizer": torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True)
+            if full else None,
             "scheduler": torch.load(path / "scheduler.pt", weights_only=True),
             "rng": torch.load(path / "rng.pt", weights_only=True),
             "state": json.loads((path / STATE).read_text(encoding="utf-8"))}
@@ -120,6 +143,12 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
 def read_state(path: Union[str, Path]) -> dict[str, Any]:
     """Only the JSON state of a checkpoint (cheap: for checking it before building anything)."""
     return json.loads((Path(path) / STATE).read_text(encoding="utf-8"))
+
+
+def checkpoint_format(state: dict[str, Any]) -> str:
+    """`full` (trainable.safetensors + optimizer.pt) or `sharded` (FSDP); checkpoints from before
+    the field existed are full."""
+    return str(state.get("format", "full"))
 
 
 def check_compatible(state: dict[str, Any], config_hash: str, fields: dict[str, Any], path: Path) -> None:

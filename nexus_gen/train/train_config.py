@@ -58,6 +58,9 @@ class TrainSection(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False
     lora: Optional[LoraSection] = None
+    # ddp: every process holds the whole model; fsdp: parameters, gradients and optimizer states
+    # sharded over the processes (FSDP2, per block; 1 process: unsharded, with a warning)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
     @field_validator("betas")
     @classmethod
@@ -72,6 +75,9 @@ class TrainSection(_Strict):
             raise ValueError("give max_steps or epochs, not both")
         if self.warmup_steps is not None and self.warmup_ratio is not None:
             raise ValueError("give warmup_steps or warmup_ratio, not both")
+        if self.strategy == "fsdp" and self.lora is not None:
+            raise ValueError("strategy fsdp with lora: not supported (LoRA keeps optimizer states small; "
+                             "train it with strategy ddp)")
         return self
 
     def warmup_for(self, total_steps: int) -> int:

@@ -1,13 +1,19 @@
 """The training loop that drives any `TrainStage`: AdamW, linear warmup + cosine decay (a torch
 LambdaLR), gradient accumulation and clipping, bf16 autocast on CUDA, optional gradient
-checkpointing and LoRA (peft), metrics, checkpoints with exact resume, and DDP.
+checkpointing and LoRA (peft), metrics, checkpoints with exact resume, DDP and FSDP.
 
 DDP: under `torchrun` / `accelerate launch` (RANK, WORLD_SIZE, LOCAL_RANK in the environment) the
 loop joins the process group (gloo on CPU, nccl on CUDA) and wraps the stage's loss in
 DistributedDataParallel; each rank reads its own slice of the data; only rank 0 writes
 checkpoints, metrics and the run record. Precision: `bf16` autocasts on CUDA; on CPU it falls back
 to fp32 with a warning (CPU bf16 autocast is slow and the tiny profile runs there), recorded in
-`run.json` as the precision used."""
+`run.json` as the precision used.
+
+FSDP (`train.strategy: fsdp`, or an `accelerate launch` with an FSDP config): the model is built
+on CPU, sharded per block over the processes (`train_sharding`; parameters move to the device
+unit by unit), gradients are reduce-scattered every micro step (no unsharded gradient buffer
+survives a micro step) and clipped by the norm over all shards; checkpoints are sharded; the final
+model is gathered to rank 0 and saved by the stage as in a DDP run."""
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +31,7 @@ import numpy as np
 import torch
 
 from nexus_gen.train import train_checkpoint as ckpt
+from nexus_gen.train import train_sharding as sharding
 from nexus_gen.train.train_config import TrainConfig
 from nexus_gen.train.train_data import ExampleStream, SampleStream, first_sample, scan_tasks
 from nexus_gen.train.train_metrics import MetricsLog, plot_loss, read_run_record, write_run_record
@@ -189,6 +196,7 @@ class Preflight:
     steps: int
     config_hash: str
     world: int
+    strategy: str = "ddp"
 
 
 def preflight(cfg: TrainConfig, output_dir: Union[str, Path, None] = None, resume: bool = False) -> Preflight:
@@ -198,22 +206,28 @@ def preflight(cfg: TrainConfig, output_dir: Union[str, Path, None] = None, resum
     if not str(output_dir or cfg.output_dir or ""):
         raise TrainError("no output folder: give -o DIR or output_dir in the config")
     out = Path(output_dir or cfg.output_dir or "")
-    for var, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(var, "").lower() in ("1", "true"):
-            raise TrainError(f"launched with an accelerate {what} config ({var}): this loop runs DDP and would "
-                             f"not shard the model; launch it with a multi-GPU (DDP) config or torchrun, or train "
-                             f"through the reference trainers (README, 'Training')")
     env = dist_env()
+    try:
+        strategy = sharding.resolve_strategy(cfg.train.strategy, env.world)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
     stage = cfg.stage_obj()
     resume_from = _check_output(out, resume)
     config_hash = cfg.config_hash(env.world)
     if resume_from is not None:
-        ckpt.check_compatible(ckpt.read_state(resume_from), config_hash, cfg.hashed_fields(env.world), resume_from)
+        state = ckpt.read_state(resume_from)
+        ckpt.check_compatible(state, config_hash, cfg.hashed_fields(env.world), resume_from)
+        want = "sharded" if strategy == "fsdp" else "full"
+        if ckpt.checkpoint_format(state) != want:
+            raise TrainError(f"{resume_from} holds {ckpt.checkpoint_format(state)} weights and optimizer states "
+                             f"({'an FSDP' if want == 'full' else 'a DDP / single-process'} run); resume it with "
+                             f"train.strategy {'fsdp' if want == 'full' else 'ddp'}")
     index = scan_tasks([Path(f) for f in cfg.data.shard_list()], stage.tasks, stage.name)
     if index.total < env.world:
         raise TrainError(f"{index.total} samples of the stage's tasks cannot be split across {env.world} processes")
     stage.check_data(first_sample(index))
-    return Preflight(out, resume_from, index, total_steps(cfg, index.total, env.world), config_hash, env.world)
+    return Preflight(out, resume_from, index, total_steps(cfg, index.total, env.world), config_hash, env.world,
+                     strategy)
 
 
 def train(cfg: TrainConfig, output_dir: Union[str, Path, None] = None, resume: bool = False,
@@ -236,7 +250,7 @@ def train(cfg: TrainConfig, output_dir: Union[str, Path, None] = None, resume: b
         "kind": "train", "status": "running", "stage": cfg.stage, "step": 0, "max_steps": steps,
         "seconds": 0.0, "last_error": None, "counts": _sum_counts([]),
         "final_loss": None, "config_hash": config_hash, "world_size": env.world, "global_batch": global_batch,
-        "precision": precision, "device": device.type, "samples_per_epoch": index.total,
+        "precision": precision, "device": device.type, "strategy": pre.strategy, "samples_per_epoch": index.total,
         "resumed_from": resume_from.name if resume_from else None, "output": str(out),
         # who is writing it: `nexus-gen runs` shows a run whose process is gone as unfinished
         "pid": os.getpid(), "host": socket.gethostname()}
@@ -255,7 +269,7 @@ def train(cfg: TrainConfig, output_dir: Union[str, Path, None] = None, resume: b
                 torch.cuda.set_device(device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             env.started = True
-    loop = _Loop(cfg, stage, env, device, precision, out, steps, config_hash, on_step)
+    loop = _Loop(cfg, stage, env, device, precision, out, steps, config_hash, on_step, pre.strategy)
     try:
         loop.setup(resume_from, index)
         loop.run(progress)
@@ -283,8 +297,9 @@ class _Loop:
 
     def __init__(self, cfg: TrainConfig, stage: Any, env: DistEnv, device: torch.device, precision: str,
                  out: Path, steps: int, config_hash: str,
-                 on_step: Optional[Callable[[int, dict[str, Any]], None]]) -> None:
+                 on_step: Optional[Callable[[int, dict[str, Any]], None]], strategy: str = "ddp") -> None:
         self.cfg, self.stage, self.env, self.device, self.precision = cfg, stage, env, device, precision
+        self.fsdp = strategy == "fsdp"
         self.out, self.steps, self.config_hash, self.on_step = out, steps, config_hash, on_step
         self.step = 0
         self.last_loss: Optional[float] = None
@@ -302,12 +317,18 @@ class _Loop:
     def setup(self, resume_from: Optional[Path], index: Any) -> None:
         cfg, t = self.cfg, self.cfg.train
         seed_everything(t.seed)  # the same on every rank: model and adapters start equal
-        model = self.stage.build_model(self.device)
+        # under FSDP built on CPU: fully_shard moves each unit's shard to the device
+        model = self.stage.build_model(torch.device("cpu") if self.fsdp else self.device)
         if t.gradient_checkpointing:
             _enable_checkpointing(model, cfg.stage)
         if t.lora is not None:
             model = _apply_lora(cfg, model)
         model.train()
+        if self.fsdp:
+            try:
+                sharding.shard_model(model, tuple(self.stage.shard_units), self.device, self.precision, cfg.stage)
+            except ValueError as exc:
+                raise TrainError(str(exc)) from None
         self.model = model
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not self.params:
@@ -323,13 +344,17 @@ class _Loop:
         data_state: dict[str, Any] = {}
         if resume_from is not None:
             state = ckpt.load_checkpoint(resume_from, self.device)
-            missing = sorted(set(n for n, _ in self.params) - set(state["model"]))
-            if missing:
-                raise TrainError(f"{resume_from}: the checkpoint lacks trainable weights {missing[:5]}")
-            result = model.load_state_dict(state["model"], strict=False)
-            if result.unexpected_keys:
-                raise TrainError(f"{resume_from}: weights the model does not have: {result.unexpected_keys[:5]}")
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.fsdp:
+                sharding.load_sharded(resume_from, model, self.optimizer, {n for n, _ in self.params})
+            else:
+                missing = sorted(set(n for n, _ in self.params) - set(state["model"]))
+                if missing:
+                    raise TrainError(f"{resume_from}: the checkpoint lacks trainable weights {missing[:5]}")
+                result = model.load_state_dict(state["model"], strict=False)
+                if result.unexpected_keys:
+                    raise TrainError(f"{resume_from}: weights the model does not have: "
+                                     f"{result.unexpected_keys[:5]}")
+                self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             ckpt.set_rng_state(state["rng"][self.env.rank])
             data_state = state["state"]["data"][self.env.rank]
@@ -341,7 +366,7 @@ class _Loop:
         samples = SampleStream(index, t.seed, self.env.rank, self.env.world, cfg.data.shuffle_window, data_state)
         self.examples = ExampleStream(samples, self.stage, data_state)
         self.loss_module: torch.nn.Module = _StageLoss(self.stage, model)
-        if self.env.world > 1:
+        if self.env.world > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
             self.loss_module = DistributedDataParallel(
@@ -387,7 +412,7 @@ class _Loop:
         ids = [i for i, _ in items]
         batch = self.stage.collate([e for _, e in items])
         ctx = contextlib.nullcontext()
-        if self.env.world > 1 and not sync:
+        if self.env.world > 1 and not sync and not self.fsdp:  # FSDP reduce-scatters every micro step
             ctx = self.loss_module.no_sync()
         with ctx:
             with self._autocast():
@@ -417,6 +442,7 @@ class _Loop:
                     for k, v in parts.items():
                         parts_sum[k] = parts_sum.get(k, 0.0) + v / t.grad_accum
                 norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
+                norm = sharding.grad_norm_value(norm)  # over all shards under FSDP
                 if self._any(not bool(torch.isfinite(norm))):
                     self._stop(f"non-finite gradient norm ({float(norm)})", ids)
                 lr = self.scheduler.get_last_lr()[0]
@@ -450,12 +476,20 @@ class _Loop:
     def save(self) -> None:
         """A checkpoint of this step (every rank's RNG and data position; rank 0 writes)."""
         ranks = _gather(self.env, {"rng": ckpt.rng_state(), "data": self.examples.state()})
+        tmp = None
+        if self.fsdp:  # every rank writes its shards into the folder rank 0 prepared
+            tmp = ckpt.fresh_tmp(self.out, self.step) if self.env.main else ckpt.tmp_dir(self.out, self.step)
+            import torch.distributed as dist
+
+            dist.barrier()
+            sharding.save_sharded(tmp, self.model, self.optimizer, {n for n, _ in self.params})
         if self.env.main:
             state = {"config_hash": self.config_hash, "hashed_fields": self.cfg.hashed_fields(self.env.world),
                      "loss": self.last_loss, "max_steps": self.steps}
-            path = ckpt.save_checkpoint(self.out, self.step, ckpt.trainable_state(self.model),
-                                        self.optimizer.state_dict(), self.scheduler.state_dict(), ranks, state,
-                                        self.cfg.checkpoint.keep_last)
+            weights = None if self.fsdp else ckpt.trainable_state(self.model)
+            optim = None if self.fsdp else self.optimizer.state_dict()
+            path = ckpt.save_checkpoint(self.out, self.step, weights, optim, self.scheduler.state_dict(), ranks,
+                                        state, self.cfg.checkpoint.keep_last, tmp=tmp)
             log.info("checkpoint %s", path)
         self.last_ckpt = self.step
         if self.env.world > 1:
@@ -466,9 +500,15 @@ class _Loop:
     def finish(self) -> None:
         """Counts over every rank; rank 0 saves the final model through the stage."""
         self._counts_cache = _sum_counts(_gather(self.env, self.examples.counts))
+        full = sharding.gather_full_state(self.model) if self.fsdp else None
         if self.env.main:
             final = self.out / FINAL
             model = self.model
+            if full is not None:  # an unsharded model on CPU, holding the gathered weights
+                seed_everything(self.cfg.train.seed)
+                model = self.stage.build_model(torch.device("cpu"))
+                model.load_state_dict(full)
+                del full
             if self.cfg.train.lora is not None:
                 model.save_pretrained(str(self.out / "lora_adapter"))
                 model = model.merge_and_unload()
