@@ -95,7 +95,7 @@ class ARStage(TrainStage):
     tasks = ("understanding", "generation", "editing")
     lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")  # the LLM's attention (the ViT's are qkv/proj)
     lora_full_modules = ("vision_head", "image_prefill_embeds")
-    shard_units = ("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock")  # FSDP: LLM layers, ViT blocks (frozen)
+    shard_units = ("Qwen2_5_VLDecoderLayer",)  # FSDP units; the frozen ViT stays whole (train_sharding)
 
     def __init__(self, model_cfg: dict[str, Any], data_cfg: dict[str, Any]) -> None:
         super().__init__(model_cfg, data_cfg)

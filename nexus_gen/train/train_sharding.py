@@ -4,9 +4,13 @@ names), then over the whole model (the root unit holds the rest: embeddings, hea
 bf16 mixed precision on CUDA (`MixedPrecisionPolicy`: bf16 compute and all-gathers, fp32
 gradient reduction, fp32 sharded master weights and Adam states).
 
-Frozen parameters stay in their units (FSDP2 shards units that mix frozen and trainable
-parameters, and wholly frozen ones such as the AR model's ViT blocks: their weights are sharded,
-they get no gradient). Parameters a rank does not use in a step (an AR batch without output
+Frozen parameters inside a unit are sharded with it (FSDP2 takes units that mix frozen and
+trainable parameters; the frozen ones get no gradient). Frozen parameters outside every unit (the
+AR model's ViT + merger, the decoders' VAE and CLIP) are not sharded: they stay whole on every
+rank (`ignored_params`) and cost no collective. That is also what makes the AR stage work at all:
+its ViT runs 0, 1 or 2 times per batch (input images, output-image targets) depending on the
+samples, so per-block ViT units would all-gather a different number of times on each rank and the
+collectives would not match. Parameters a rank does not use in a step (an AR batch without output
 images) reduce-scatter a zero gradient (`set_reduce_scatter_unused_params`, as DDP's
 `find_unused_parameters`), so every rank runs the same collectives.
 
@@ -66,22 +70,23 @@ def mixed_precision(device: torch.device, precision: str) -> Optional[Any]:
 def shard_model(model: torch.nn.Module, units: tuple[str, ...], device: torch.device, precision: str,
                 stage: str) -> dict[str, int]:
     """`fully_shard` every module whose class name is in `units` (innermost first), then the whole
-    model, on a 1-D mesh of all processes; parameters move to `device` unit by unit. Returns the
-    number of units per class name. Raises ValueError when `units` name no module of the model."""
+    model, on a 1-D mesh of all processes; parameters move to `device` unit by unit; frozen
+    parameters outside the units stay whole (moved to `device`). Returns the number of units per
+    class name. Raises ValueError when `units` name no module of the model."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    found = [(n, m) for n, m in model.named_modules() if n and type(m).__name__ in units]
+    if units and not found:
+        names = sorted({type(m).__name__ for m in model.modules()})
+        raise ValueError(f"train.strategy fsdp: the {stage} stage's shard units {list(units)} name no module of "
+                         f"its model ({type(model).__name__}; its module classes include {names[:12]})")
     world = torch.distributed.get_world_size()
     mesh = init_device_mesh(device.type, (world,))
     kwargs: dict[str, Any] = {"mesh": mesh}
     policy = mixed_precision(device, precision)
     if policy is not None:
         kwargs["mp_policy"] = policy
-    found = [(n, m) for n, m in model.named_modules() if n and type(m).__name__ in units]
-    if units and not found:
-        names = sorted({type(m).__name__ for m in model.modules()})
-        raise ValueError(f"train.strategy fsdp: the {stage} stage's shard units {list(units)} name no module of "
-                         f"its model ({type(model).__name__}; its module classes include {names[:12]})")
     if not units:
         log.warning("stage %s names no shard units: FSDP shards the whole model as one unit (all-gathered "
                     "at once in forward and backward)", stage)
@@ -90,10 +95,16 @@ def shard_model(model: torch.nn.Module, units: tuple[str, ...], device: torch.de
         name = type(module).__name__  # (fully_shard changes the class to FSDP<name>)
         fully_shard(module, **kwargs)
         counts[name] = counts.get(name, 0) + 1
-    fully_shard(model, **kwargs)
+    inside = {id(p) for _, m in found for p in m.parameters()}
+    whole = {p for p in model.parameters() if not p.requires_grad and id(p) not in inside}
+    fully_shard(model, ignored_params=whole or None, **kwargs)
+    with torch.no_grad():
+        for p in whole:
+            p.data = p.data.to(device)
     model.set_reduce_scatter_unused_params(True)
-    log.info("FSDP over %d processes: %s units + the root%s", world,
-             ", ".join(f"{v} {k}" for k, v in counts.items()) or "no", " (bf16 compute)" if policy else "")
+    log.info("FSDP over %d processes: %s units + the root%s; %d frozen parameters outside them kept whole",
+             world, ", ".join(f"{v} {k}" for k, v in counts.items()) or "no", " (bf16 compute)" if policy else "",
+             sum(p.numel() for p in whole))
     return counts
 
 
