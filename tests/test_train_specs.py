@@ -10,6 +10,7 @@ from conftest import REPO
 
 from nexus_gen.train.train_config import TrainConfig
 from nexus_gen.train.train_loop import TrainError, preflight
+from nexus_gen.train.train_sharding import resolve_strategy
 
 SPECS = REPO / "datasets_spec" / "train"
 STAGE_FILES = {"ar": "ar", "gen-decoder": "gen_decoder", "edit-decoder": "edit_decoder"}
@@ -54,8 +55,11 @@ def test_accelerate_reads_the_fsdp_config_as_fsdp(monkeypatch):
     plugin = FullyShardedDataParallelPlugin()  # reads the launcher's environment, as in the launched process
     assert plugin.transformer_cls_names_to_wrap == ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
     assert plugin.activation_checkpointing and plugin.fsdp_version == 2
-    # and our DDP loop refuses to run under it instead of silently not sharding
+    # and our loop shards under it (FSDP; a config saying ddp does not silently run unsharded)
     cfg = TrainConfig.model_validate(yaml.safe_load((SPECS / "ar_tiny.yaml").read_text()))
-    assert os.environ["ACCELERATE_USE_FSDP"] == "true"
-    with pytest.raises(TrainError, match="accelerate FSDP config .*this loop runs DDP and would not shard"):
+    assert os.environ["ACCELERATE_USE_FSDP"] == "true" and cfg.train.strategy == "ddp"
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert resolve_strategy(cfg.train.strategy, 8) == "fsdp"
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # DeepSpeed is still refused, before any work
+    with pytest.raises(TrainError, match="accelerate DeepSpeed config .*shards with FSDP, not DeepSpeed"):
         preflight(cfg, "unused")
