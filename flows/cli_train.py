@@ -34,7 +34,7 @@ def train(
     shards: Optional[list[str]] = typer.Option(None, "--shards", help="Unified shards (folder, file or glob; "
                                                "repeatable), replacing data.shards; relative to the current folder."),
 ) -> None:
-    """Train a Nexus-Gen stage on unified shards: checkpoints, exact resume, metrics, DDP under torchrun."""
+    """Train a Nexus-Gen stage on unified shards: checkpoints, exact resume, metrics, DDP or FSDP under torchrun."""
     from flows.runtime import fail
     from nexus_gen.train.stages import StageError, stage_names
     from nexus_gen.train.train_checkpoint import CheckpointMismatch
