@@ -155,6 +155,37 @@ def test_ar_stage_under_fsdp_matches_one_process(tmp_path):
     assert not torch.equal(w["vision_head.weight"], start["vision_head.weight"])
 
 
+@pytest.mark.slow
+def test_edit_decoder_under_fsdp_matches_ddp(tmp_path):
+    """The tiny editing decoder (FLUX double and single blocks and the merger's Qwen2.5-VL layer as
+    units, VAE and CLIP whole): 2 FSDP processes give DDP's losses, gradient norms and weights.
+    (Against DDP, not 1 process: flow matching draws noise per rank, and DDP's ranks draw as FSDP's.)
+    diffusers' FluxSingleTransformerBlock returns views, which FSDP2 warns about (an in-place op on
+    them would skip its backward hook); the equality here shows the stock forward does none."""
+    from decoder_fixtures import scenes_samples, write_shards, write_store
+
+    samples = scenes_samples(8)
+    write_store(tmp_path / "emb", samples)
+    cfg = {"stage": "edit-decoder", "model": {"profile": "tiny"},
+           "data": {"shards": str(write_shards(tmp_path / "data", samples)), "embeddings": str(tmp_path / "emb"),
+                    "shuffle_window": 2},
+           "train": {"seed": 0, "max_steps": 3, "batch_size": 1, "lr": 1e-3, "warmup_steps": 1},
+           "checkpoint": {"every_steps": 3, "keep_last": 1}, "log": {"every_steps": 1}}
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        path = write_config(tmp_path / f"{strategy}.yaml", {**cfg, "train": {**cfg["train"], "strategy": strategy}})
+        runs[strategy] = _launch("torchrun", "edit-decoder", path, tmp_path / strategy)
+    assert ("FSDP over 2 processes: 1 Qwen2_5_VLDecoderLayer, 1 FluxSingleTransformerBlock, "
+            "1 FluxTransformerBlock units + the root") in runs["fsdp"].stderr
+    ddp, fsdp = _rows(tmp_path / "ddp"), _rows(tmp_path / "fsdp")
+    assert [r[0] for r in fsdp] == [1, 2, 3]
+    assert [v for r in fsdp for v in r[1:]] == pytest.approx([v for r in ddp for v in r[1:]], rel=1e-5)
+    files = sorted(p.relative_to(tmp_path / "ddp") for p in (tmp_path / "ddp" / "final").rglob("*.safetensors"))
+    assert len(files) == 2  # decoder (adapter-side modules) + dit/
+    for f in files:
+        _same_weights(tmp_path / "ddp" / f, tmp_path / "fsdp" / f, 1e-4)
+
+
 def test_strategy_resolution(monkeypatch, caplog):
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)

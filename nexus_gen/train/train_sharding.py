@@ -71,8 +71,8 @@ def shard_model(model: torch.nn.Module, units: tuple[str, ...], device: torch.de
                 stage: str) -> dict[str, int]:
     """`fully_shard` every module whose class name is in `units` (innermost first), then the whole
     model, on a 1-D mesh of all processes; parameters move to `device` unit by unit; frozen
-    parameters outside the units stay whole (moved to `device`). Returns the number of units per
-    class name. Raises ValueError when `units` name no module of the model."""
+    parameters outside the units stay whole (moved to `device` with all FSDP does not manage).
+    Returns the number of units per class name. Raises ValueError when `units` name no module."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -98,9 +98,9 @@ def shard_model(model: torch.nn.Module, units: tuple[str, ...], device: torch.de
     inside = {id(p) for _, m in found for p in m.parameters()}
     whole = {p for p in model.parameters() if not p.requires_grad and id(p) not in inside}
     fully_shard(model, ignored_params=whole or None, **kwargs)
-    with torch.no_grad():
-        for p in whole:
-            p.data = p.data.to(device)
+    # what FSDP does not manage: the parameters kept whole, and modules a model keeps out of its
+    # registered children (the decoders' VAE, moved by their `_apply`); the shards are there already
+    model.to(device)
     model.set_reduce_scatter_unused_params(True)
     log.info("FSDP over %d processes: %s units + the root%s; %d frozen parameters outside them kept whole",
              world, ", ".join(f"{v} {k}" for k, v in counts.items()) or "no", " (bf16 compute)" if policy else "",
