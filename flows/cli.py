@@ -17,6 +17,7 @@ from flows import cli_precompute  # noqa: E402
 from flows import cli_publish  # noqa: E402
 from flows import cli_runs  # noqa: E402
 from flows import cli_serve  # noqa: E402
+from flows import cli_showcase  # noqa: E402
 
 app = typer.Typer(
     name="nexus-gen",
@@ -63,6 +64,7 @@ cli_demo.register(app)
 cli_precompute.register(app)
 cli_runs.register(app)
 cli_serve.register(app)
+cli_showcase.register(app)
 
 
 def main() -> None:

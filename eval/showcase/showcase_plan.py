@@ -1,0 +1,89 @@
+"""The showcase plan: phases, the split of the wall-clock budget, data and evaluation sizes.
+
+Everything scales with `minutes` (M, the whole budget: data, training, evaluation). Training
+phases get fractions of what is left after the fixed costs (building data, evaluations), and each
+trains in segments (resumed from the loop's own checkpoints) so evaluations can sit between them."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# fractions of the training time (after data and evaluations are set aside)
+TRAIN_SPLIT = {"vae": 0.16, "ar": 0.24, "gen_decoder": 0.36, "edit_decoder": 0.24}
+# phases in order; `eval_*` are evaluations at checkpoints, `precompute` after the AR model
+PHASES = ("data", "vae", "eval_untrained", "ar", "precompute", "gen_decoder", "edit_decoder",
+          "eval_final", "report")
+EVAL_SEED = 0               # evaluation draws: scenes seeds EVAL_SEED .. EVAL_SEED + n (edits, QA)
+TRAIN_SCENES_SEED = 1700    # the build recipe's seed (per-scene seeds are hashes of it, checked disjoint)
+PROMPT_RENDER_SEED = 1_000_000  # renders of the training prompts start here (eval renders use small seeds)
+HELD_OUT_TAGS = ("position", "color_attr")
+IMAGE_SIZE = 144            # px: geneval-scenes refuses < 136 (its pixel detector's measured minimum)
+VAE_BLOCKS = [16, 32, 64, 64]  # 4 blocks: x8, 144 px -> an 18 x 18 latent -> 81 DiT tokens (2x2 packing)
+
+
+@dataclass
+class ShowcasePlan:
+    """What one showcase run does; saved as OUT/plan.json (a rerun must agree with it)."""
+
+    out: str
+    minutes: float
+    device: str = "cpu"
+    ablation: bool = False
+    threads: int = 2
+    # data
+    scenes: int = 0
+    edits: int = 0
+    prompt_renders: int = 0
+    # evaluation sizes (denominators)
+    geneval_prompts: int = 0
+    geneval_images: int = 1
+    edit_items: int = 0
+    qa_scenes: int = 0
+    decode_steps: int = 8
+    segments: int = 3
+    batch: dict[str, int] = field(default_factory=dict)
+    train_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.out)
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as a plain dict (plan.json)."""
+        return asdict(self)
+
+
+def make_plan(out: str, minutes: float, device: str = "cpu", ablation: bool = False,
+              threads: int = 2) -> ShowcasePlan:
+    """The plan for a budget of `minutes` (must be > 0): data and evaluation sizes grow with it,
+    the rest of the time goes to training by TRAIN_SPLIT."""
+    if not minutes > 0:
+        raise ValueError(f"--minutes {minutes}: must be > 0")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    if ablation:
+        raise ValueError("--ablation: not available yet (NexusGenPipeline has no switch to feed predicted "
+                         "embeddings back at inference; the AR stage trains the baseline with model.prefill: false)")
+    m = float(minutes)
+    small = m < 10
+    p = ShowcasePlan(out=str(out), minutes=m, device=device, ablation=ablation, threads=threads)
+    p.scenes = 150 if small else int(min(6000, 200 * m))
+    p.edits = max(20, p.scenes // 2)
+    p.prompt_renders = 2 if small else int(min(40, 2 + m))
+    p.geneval_prompts = 12 if small else int(min(96, 24 + 2 * m))
+    p.geneval_images = 1
+    p.edit_items = 8 if small else int(min(80, 20 + m))
+    p.qa_scenes = 3 if small else int(min(40, 8 + m // 2))
+    p.decode_steps = 4 if small else 10
+    p.segments = 2 if small else 3
+    p.batch = {"vae": 16, "ar": 8, "gen_decoder": 16, "edit_decoder": 8}
+    # fixed costs measured on 2 shared CPU cores: a build of ~200 scenes / s, an evaluation round
+    # roughly (prompts + edits + QA scenes) * 0.6 s; what is left trains
+    evals = (p.segments * 3 + 3) * (p.geneval_prompts + p.edit_items + 6 * p.qa_scenes) * 0.25 / 3
+    fixed = 30 + p.scenes / 40 + evals
+    left = max(m * 60 - fixed, 60.0) * (0.8 if ablation else 1.0)
+    p.train_seconds = {k: round(left * f, 1) for k, f in TRAIN_SPLIT.items()}
+    if ablation:
+        p.train_seconds["ar_baseline"] = p.train_seconds["ar"]
+    return p

@@ -1,0 +1,180 @@
+"""The showcase report: learning curves of geneval_scenes, edit_success and qa_accuracy against
+minutes, the untrained model beside the trained one with bootstrap 95 % intervals (resampling
+prompts / edit items / QA scenes), sample grids, and the JSON summary line."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+METRICS = ("geneval_scenes", "edit_success", "qa_accuracy")
+BOOTSTRAP = 2000
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def unit_scores(metric: str, run: Path) -> dict[str, list[float]]:
+    """Per resampling unit (a GenEval prompt, an edit item, a QA scene) its 0/1 outcomes, read
+    from the benchmark's own per-item files (results.jsonl, scores.jsonl, parsed.jsonl)."""
+    groups: dict[str, list[float]] = {}
+    if metric == "geneval_scenes":
+        for r in _jsonl(run / "results.jsonl"):
+            key = Path(r["filename"]).parent.parent.name  # the prompt's folder (NNNNN/samples/)
+            groups.setdefault(key, []).append(float(bool(r.get("correct"))))
+    elif metric == "edit_success":
+        for r in _jsonl(run / "scores.jsonl"):
+            if r.get("success") is not None or r.get("error"):
+                groups.setdefault(str(r["id"]), []).append(float(bool(r.get("success"))))
+    else:
+        for r in _jsonl(run / "parsed.jsonl"):
+            groups.setdefault(str(r["id"]).split("-q")[0], []).append(float(r.get("correct") is True))
+    return groups
+
+
+def bootstrap_ci(groups: dict[str, list[float]], seed: int = 0) -> tuple[float, float, float, int]:
+    """(mean over all outcomes, 2.5 %, 97.5 % of the cluster bootstrap over units, units)."""
+    units = [np.asarray(v) for v in groups.values() if v]
+    if not units:
+        return float("nan"), float("nan"), float("nan"), 0
+    sums = np.array([u.sum() for u in units])
+    ns = np.array([len(u) for u in units])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(units), size=(BOOTSTRAP, len(units)))
+    means = sums[idx].sum(1) / ns[idx].sum(1)
+    return float(sums.sum() / ns.sum()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)), len(units)
+
+
+def point_table(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every evaluation point with its bootstrap interval and denominator."""
+    rows = []
+    for p in state["points"]:
+        mean, lo, hi, n = bootstrap_ci(unit_scores(p["metric"], Path(p["run"])))
+        rows.append({**p, "mean": mean, "lo": lo, "hi": hi, "units": n})
+    return rows
+
+
+def summary_line(plan: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """{"trained": {...}, "untrained": {...}, "ci95": {...}, "minutes", "size"} (issue 17)."""
+    rows = point_table(state)
+    out: dict[str, Any] = {"trained": {}, "untrained": {}, "ci95": {"trained": {}, "untrained": {}},
+                           "denominators": {}, "minutes": round(state.get("seconds", 0) / 60, 2),
+                           "budget_minutes": plan.minutes, "size": 144}
+    for r in rows:
+        if r["label"] in ("trained", "untrained"):
+            out[r["label"]][r["metric"]] = None if np.isnan(r["mean"]) else round(r["mean"], 4)
+            out["ci95"][r["label"]][r["metric"]] = [round(r["lo"], 4), round(r["hi"], 4)]
+            out["denominators"][r["metric"]] = r["units"]
+    return out
+
+
+def _curves(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, metric in zip(axes, METRICS):
+        pts = sorted((r for r in rows if r["metric"] == metric), key=lambda r: r["minutes"])
+        if pts:
+            x = [r["minutes"] for r in pts]
+            y = [r["mean"] for r in pts]
+            ax.errorbar(x, y, yerr=[[m - r["lo"] for m, r in zip(y, pts)], [r["hi"] - m for m, r in zip(y, pts)]],
+                        marker="o", capsize=3)
+            for r in pts:
+                if r["label"] in ("untrained", "trained"):
+                    ax.annotate(r["label"], (r["minutes"], r["mean"]), fontsize=7)
+        ax.set_title(metric)
+        ax.set_xlabel("minutes")
+        ax.set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _grid(plan: Any, state: dict[str, Any], path: Path) -> None:
+    """Prompt -> image, source + instruction -> edit, untrained row above trained (from the runs)."""
+    from PIL import Image, ImageDraw
+
+    runs = {(p["label"], p["metric"]): Path(p["run"]) for p in state["points"]}
+    cells: list[tuple[str, list[tuple[str, Path]]]] = []
+    for label in ("untrained", "trained"):
+        row: list[tuple[str, Path]] = []
+        ge = runs.get((label, "geneval_scenes"))
+        if ge is not None:
+            for r in _jsonl(ge / "results.jsonl")[:5]:
+                row.append((str(r.get("prompt", "")).replace("a photo of ", "")[:24], Path(r["filename"])))
+        ed = runs.get((label, "edit_success"))
+        if ed is not None:
+            for r in _jsonl(ed / "items.jsonl")[:4]:
+                if r.get("edited"):
+                    row.append((str(r.get("instruction", ""))[:24], ed / r["edited"]))
+        cells.append((label, row))
+    size, pad = 144, 30
+    width = max((len(r) for _, r in cells), default=1) * size
+    img = Image.new("RGB", (max(width, size) + 80, len(cells) * (size + pad)), "white")
+    d = ImageDraw.Draw(img)
+    for i, (label, row) in enumerate(cells):
+        y = i * (size + pad)
+        d.text((2, y + size // 2), label, fill="black")
+        for j, (caption, p) in enumerate(row):
+            if p.is_file():
+                img.paste(Image.open(p).convert("RGB").resize((size, size)), (80 + j * size, y))
+            d.text((80 + j * size, y + size + 2), caption, fill="black")
+    img.save(path)
+
+
+def _qa_samples(state: dict[str, Any], n: int = 6) -> list[str]:
+    lines = []
+    for label in ("untrained", "trained"):
+        run = next((Path(p["run"]) for p in state["points"] if p["label"] == label and p["metric"] == "qa_accuracy"), None)
+        if run is None:
+            continue
+        items = {r["id"]: r for r in _jsonl(run / "items.jsonl")}
+        for r in _jsonl(run / "parsed.jsonl")[:n]:
+            q = str(items.get(r["id"], {}).get("prompt", "")).replace("\n", " ")[:80]
+            lines.append(f"| {label} | {q} | {r.get('answer')} | {r.get('correct')} |")
+    return lines
+
+
+def write_report(plan: Any, state: dict[str, Any]) -> Path:
+    """OUT/report.md + report.html (curves.png, samples.png) and OUT/summary.json."""
+    root = Path(plan.out)
+    rows = point_table(state)
+    _curves(rows, root / "curves.png")
+    try:
+        _grid(plan, state, root / "samples.png")
+    except (OSError, KeyError, ValueError) as exc:  # a grid is illustration: the numbers stay
+        log.warning("sample grid not written: %s", exc)
+    summary = summary_line(plan, state)
+    (root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    holdout = root / "data" / "holdout.json"
+    md = [f"# Nexus-Gen showcase ({plan.minutes:g} min budget, {summary['minutes']} min spent, {plan.device})", "",
+          "Trained on scenes built by the build flow; evaluated with geneval-scenes, the scenes editing "
+          "benchmark and the scenes QA (cut-down: denominators below; 95 % intervals: cluster bootstrap over "
+          "prompts / edit items / QA scenes).", "", "![curves](curves.png)", "", "![samples](samples.png)", "",
+          "| point | metric | value | 95 % CI | units | minute | eval s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['label']} | {r['metric']} | {r['mean']:.3f} | [{r['lo']:.3f}, {r['hi']:.3f}] | "
+                  f"{r['units']} | {r['minutes']} | {r['eval_seconds']} |")
+    md += ["", "## Questions -> answers", "", "| model | question | answer | correct |", "|---|---|---|---|",
+           *_qa_samples(state), "", "## Training", "", "```", json.dumps(state.get("segments", {}), indent=1), "```",
+           "", "## Phases (seconds)", "", "```", json.dumps(state.get("phase_seconds", {}), indent=1), "```",
+           "", "## Hold-outs", "", "```", holdout.read_text() if holdout.is_file() else "-", "```",
+           "", "## Summary", "", "```", json.dumps(summary), "```"]
+    text = "\n".join(md) + "\n"
+    (root / "report.md").write_text(text, encoding="utf-8")
+    import html
+
+    body = html.escape(text).replace("![curves](curves.png)", '<img src="curves.png">') \
+        .replace("![samples](samples.png)", '<img src="samples.png">')
+    (root / "report.html").write_text(f"<html><body><pre>{body}</pre></body></html>\n", encoding="utf-8")
+    return root / "report.md"
