@@ -186,7 +186,7 @@ def train_segments(plan: ShowcasePlan, state: State, name: str, config: Path,
     out = plan.root / "train" / name
     while seg["done"] < plan.segments:
         if seg["step"] == 0:
-            target = 10  # calibration segment
+            target = 3  # calibration segment: measures seconds per step
         else:
             rate = seg["seconds"] / max(seg["step"], 1)  # seconds per step so far
             left = budget - seg["seconds"]
@@ -199,7 +199,7 @@ def train_segments(plan: ShowcasePlan, state: State, name: str, config: Path,
         seg.setdefault("log", []).append({"step": seg["step"], "seconds": round(seg["seconds"], 1),
                                           "loss": record.get("final_loss")})
         state.save()
-        if on_segment is not None:
+        if on_segment is not None and seg["done"] < plan.segments:  # the last one: the final evaluation
             on_segment(seg["step"])
     return out / "final"
 
