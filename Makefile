@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench showcase clean
 
 install: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/nexus-gen demo --out runs/demo
+
+# The CPU showcase (issue 17): a tiny Nexus-Gen trained on scenes, curves + report in runs/showcase.
+MINUTES ?= 60
+showcase: $(STAMP)
+	$(VENV)/bin/nexus-gen showcase --out runs/showcase --minutes $(MINUTES)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -105,6 +105,7 @@ def test_unit_scores_read_the_benchmarks_files(tmp_path: Path) -> None:
     assert unit_scores("edit_success", tmp_path) == {"a": [1.0], "c": [0.0]}
 
 
+@pytest.mark.slow
 def test_inference_without_the_scenes_package(tmp_path: Path) -> None:
     """The tiny pipeline saved as a folder generates and edits with nexus_gen.scenes unimportable."""
     import torch

@@ -68,7 +68,7 @@ def make_plan(out: str, minutes: float, device: str = "cpu", ablation: bool = Fa
     m = float(minutes)
     small = m < 10
     p = ShowcasePlan(out=str(out), minutes=m, device=device, ablation=ablation, threads=threads)
-    p.scenes = 150 if small else int(min(6000, 200 * m))
+    p.scenes = 150 if small else int(min(3000, 80 * m))
     p.edits = max(20, p.scenes // 2)
     p.prompt_renders = 2 if small else int(min(40, 2 + m))
     p.geneval_prompts = 12 if small else int(min(96, 24 + m))

@@ -61,12 +61,25 @@ def point_table(state: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def parameter_counts(folder: Path) -> dict[str, int]:
+    """Parameters per part of a saved pipeline folder (tensor shapes from its safetensors headers)."""
+    from safetensors import safe_open
+
+    counts: dict[str, int] = {}
+    for f in sorted(folder.rglob("*.safetensors")):
+        part = f.relative_to(folder).parts[0]
+        with safe_open(str(f), "pt") as st:
+            counts[part] = counts.get(part, 0) + sum(int(np.prod(st.get_slice(k).get_shape())) for k in st.keys())
+    return counts
+
+
 def summary_line(plan: Any, state: dict[str, Any]) -> dict[str, Any]:
     """{"trained": {...}, "untrained": {...}, "ci95": {...}, "minutes", "size"} (issue 17)."""
     rows = point_table(state)
     out: dict[str, Any] = {"trained": {}, "untrained": {}, "ci95": {"trained": {}, "untrained": {}},
                            "denominators": {}, "minutes": round(state.get("seconds", 0) / 60, 2),
-                           "budget_minutes": plan.minutes, "size": 144}
+                           "budget_minutes": plan.minutes, "size": 144,
+                           "params": parameter_counts(Path(plan.out) / "pipelines" / "trained")}
     for r in rows:
         if r["label"] in ("trained", "untrained"):
             out[r["label"]][r["metric"]] = None if np.isnan(r["mean"]) else round(r["mean"], 4)

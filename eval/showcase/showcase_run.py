@@ -108,7 +108,7 @@ def write_recipe(plan: ShowcasePlan, prompts: Path) -> Path:
               "edits": {"add": plan.edits, "remove": plan.edits},
               "models": {"editor": "scenes", "detector": "scenes-pixel", "clip": "tiny", "dino": "tiny"},
               "scoring": {"metrics": ["l1"]}, "shard_size": 1000,
-              "outputs": {"generation": True, "understanding": True, "understanding_per_source": 6,
+              "outputs": {"generation": True, "understanding": True, "understanding_per_source": 4,
                           "triplets": False},
               "languages": ["en"], "splits": {"train": 1.0}}
     path = plan.root / "data" / "recipe.yaml"
