@@ -178,6 +178,7 @@ def train_segments(plan: ShowcasePlan, state: State, name: str, config: Path,
     """Train `name` for its share of the budget in `plan.segments` segments: the first segment's
     steps/s sets how many steps fit; each segment resumes the loop from its checkpoint and ends
     with an evaluation (`on_segment(step)`). Returns the final model folder."""
+    from nexus_gen.train.train_checkpoint import latest_checkpoint
     from nexus_gen.train.train_config import load_train_config
     from nexus_gen.train.train_loop import train
 
@@ -192,7 +193,9 @@ def train_segments(plan: ShowcasePlan, state: State, name: str, config: Path,
             left = budget - seg["seconds"]
             target = seg["step"] + max(1, int(left / rate / (plan.segments - seg["done"])))
         t = time.time()
-        record = train(load_train_config(config, {"train.max_steps": target}), out, resume=seg["step"] > 0)
+        # resume whenever the loop left a checkpoint (also one a killed run wrote before state.json)
+        resume = latest_checkpoint(out) is not None
+        record = train(load_train_config(config, {"train.max_steps": target}), out, resume=resume)
         seg["seconds"] += time.time() - t
         seg["step"] = int(record["step"])
         seg["done"] += 1
