@@ -261,7 +261,8 @@ def eval_qa(plan: ShowcasePlan, pipe: Path, out: Path) -> dict[str, Any]:
     u.predict_step(p, progress=False)
     s = u.score_step(p)
     u.report_step(p.out)
-    return {"qa_accuracy": s["headline"]["accuracy"], "summary": s}
+    acc = s["headline"]["accuracy"]  # the benchmark reports percent
+    return {"qa_accuracy": None if acc is None else acc / 100.0, "summary": s}
 
 
 EVALS = {"geneval_scenes": eval_geneval, "edit_success": eval_editing, "qa_accuracy": eval_qa}
