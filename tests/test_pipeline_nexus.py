@@ -179,3 +179,25 @@ def test_input_images_are_bounded_as_the_reference():
     # small images only round to multiples of 28: 300 -> 308, 200 -> 196
     assert bound_pixels(Image.new("RGB", (300, 200)), 262640).size == (308, 196)
     assert bound_pixels(Image.new("L", (300, 200)), None).mode == "RGB"
+
+
+def test_prefill_off_feeds_predictions_back_for_the_ablation(pipe, tmp_path):
+    """`"prefill": false` in the pipeline config: the AR baseline (N forwards, each fed the last
+    prediction) reaches the decoder; saved and loaded with the pipeline; anything but a bool is refused."""
+    prompts = ["a red circle", "a blue square"]
+    convs = [generation_messages(p) for p in prompts]
+    baseline = torch.stack([pipe.ar.predict_image_embeds(c, [], prefill=False)[0] for c in convs])
+    prefilled = pipe.ar.predict_image_embeds(convs, [[], []], prefill=True)
+    assert not torch.allclose(baseline, prefilled)
+    pipe.config["prefill"] = False
+    try:
+        assert torch.allclose(pipe.image_embeddings_for_prompts(prompts), baseline, atol=1e-5)
+        pipe.save_pretrained(tmp_path / "abl")
+        again = NexusGenPipeline.from_pretrained(tmp_path / "abl")
+        assert again.prefill is False
+        pipe.config["prefill"] = "no"
+        with pytest.raises(ValueError, match="prefill"):
+            pipe.generate("a red circle", steps=STEPS)
+    finally:
+        pipe.config.pop("prefill")
+    assert torch.equal(pipe.image_embeddings_for_prompts(prompts), prefilled)

@@ -97,6 +97,15 @@ class NexusGenPipeline:
         if tok is not None:
             tok.padding_side = "left"
 
+    @property
+    def prefill(self) -> bool:
+        """Prefilled autoregression (the default, one forward for all N embeddings) or, with the
+        pipeline config's `"prefill": false`, the baseline feeding each prediction back (ablation)."""
+        value = self.config.get("prefill", True)
+        if not isinstance(value, bool):
+            raise ValueError(f"pipeline config prefill = {value!r}: use true or false")
+        return value
+
     # ----- building
     @classmethod
     def tiny(cls, decoders: Sequence[str] = DECODERS) -> "NexusGenPipeline":
@@ -219,7 +228,7 @@ class NexusGenPipeline:
         from nexus_gen.data.templates import generation_messages
 
         convs = [generation_messages(p, _language(p, language)) for p in prompts]
-        return self.ar.predict_image_embeds(convs, [[] for _ in convs], prefill=True)
+        return self.ar.predict_image_embeds(convs, [[] for _ in convs], prefill=self.prefill)
 
     @torch.no_grad()
     def generate(self, prompts: Union[str, Sequence[str]], height: Optional[int] = None,
@@ -258,7 +267,7 @@ class NexusGenPipeline:
         sources = [im.convert("RGB") for im in sources]
         convs = [editing_messages(i, _language(i, language)) for i in instructions]
         bounded = [[bound_pixels(im, self.config.get("max_pixels"))] for im in sources]
-        predicted = self.ar.predict_image_embeds(convs, bounded, prefill=True)
+        predicted = self.ar.predict_image_embeds(convs, bounded, prefill=self.prefill)
         kwargs = dict(height=height, width=width, steps=steps, guidance=guidance,
                       cfg=1.0 if cfg is None else cfg)
         if use_generation_decoder:
