@@ -1,7 +1,7 @@
 """The CPU showcase as a benchmark (issue 17): run (or continue) `run_showcase` in OUT and print,
 last, the JSON line {"trained": {...}, "untrained": {...}, "ci95": {...}, "minutes", "size", ...}.
 
-    python bench/showcase.py --out runs/showcase --minutes 60 [--device cuda] [--threads 2]
+    python bench/showcase.py --out runs/showcase --minutes 60 [--device cuda] [--threads 2] [--ablation]
 
 A finished OUT is read back, not retrained (the showcase is resumable: phases record completion)."""
 from __future__ import annotations
@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ablation", action="store_true", help="also the AR baseline (prefill false); adds \"ablation\"")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -30,7 +31,8 @@ def main() -> None:
     from eval.showcase.showcase_report import point_table
     from eval.showcase.showcase_run import STATE, run_showcase
 
-    summary = run_showcase(str(args.out), minutes=args.minutes, device=args.device, threads=args.threads)
+    summary = run_showcase(str(args.out), minutes=args.minutes, device=args.device, threads=args.threads,
+                           ablation=args.ablation)
     state = json.loads((args.out / STATE).read_text())
     print(f"{'point':<22} {'metric':<15} {'value':>6}  95% CI           units  minute")
     for r in point_table(state):

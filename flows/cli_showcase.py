@@ -14,7 +14,7 @@ def showcase(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (resumable: a rerun continues)."),
     minutes: float = typer.Option(60.0, "--minutes", help="The whole wall-clock budget (data, training, evaluation)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
-    ablation: bool = typer.Option(False, "--ablation", help="Also train the one-by-one AR baseline (not yet available)."),
+    ablation: bool = typer.Option(False, "--ablation", help="Also train the AR baseline (prefill: false) and compare."),
     stop_after: Optional[str] = typer.Option(None, "--stop-after", help="Stop after this phase (a rerun continues)."),
     threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads."),
 ) -> None:
@@ -36,7 +36,8 @@ def showcase(
 
     try:
         summary = run_flow(showcase_flow, out=str(out), minutes=minutes, device=device, stop_after=stop_after,
-                           threads=threads, resume_hint=f"rerun the same command to continue in {out}")
+                           threads=threads, ablation=ablation,
+                           resume_hint=f"rerun the same command to continue in {out}")
     except ShowcaseStopped as exc:
         typer.echo(str(exc))
         raise typer.Exit(code=0)

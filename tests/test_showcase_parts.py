@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.showcase.showcase_plan import HELD_OUT_TAGS, PHASES, TRAIN_SPLIT, make_plan
-from eval.showcase.showcase_report import bootstrap_ci, unit_scores
+from eval.showcase.showcase_plan import ABLATION_PHASES, HELD_OUT_TAGS, PHASES, TRAIN_SPLIT, make_plan
+from eval.showcase.showcase_report import bootstrap_ci, summary_line, unit_scores, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,8 +62,6 @@ def test_plan_rejects_bad_budget_and_device(tmp_path: Path) -> None:
         make_plan(str(tmp_path), 0)
     with pytest.raises(ValueError, match="--device 'tpu'"):
         make_plan(str(tmp_path), 5, device="tpu")
-    with pytest.raises(ValueError, match="--ablation"):
-        make_plan(str(tmp_path), 5, ablation=True)
 
 
 def test_plan_splits_the_budget() -> None:
@@ -75,6 +73,57 @@ def test_plan_splits_the_budget() -> None:
     assert make_plan("x", 60).geneval_prompts > make_plan("x", 5).geneval_prompts
     assert PHASES[0] == "data" and PHASES[-1] == "report"
     assert set(HELD_OUT_TAGS) == {"position", "color_attr"}
+
+
+def test_plan_reserves_the_ablations_budget() -> None:
+    """--ablation: the baseline AR trains as long as the prefilled one, from 20 % of training set aside."""
+    plain, abl = make_plan("x", 30), make_plan("x", 30, ablation=True)
+    assert "ar_baseline" not in plain.train_seconds and abl.ablation
+    assert abl.train_seconds["ar_baseline"] == abl.train_seconds["ar"]
+    for k, v in plain.train_seconds.items():
+        assert abl.train_seconds[k] == pytest.approx(0.8 * v, abs=0.2)
+    assert set(ABLATION_PHASES) <= set(PHASES)
+    assert PHASES.index("ar") < PHASES.index("ar_baseline") and PHASES.index("eval_final") < PHASES.index("eval_baseline")
+
+
+def _write_runs(root: Path, label: str, geneval: list[list[bool]], edits: list[bool], qa: list[bool]) -> list[dict]:
+    """Benchmark files of the three evaluations of one point, in each benchmark's own format."""
+    runs = {m: root / label / m for m in ("geneval_scenes", "edit_success", "qa_accuracy")}
+    for d in runs.values():
+        d.mkdir(parents=True)
+    (runs["geneval_scenes"] / "results.jsonl").write_text("".join(
+        json.dumps({"filename": f"/r/{p:05d}/samples/{k:04d}.png", "correct": c}) + "\n"
+        for p, cs in enumerate(geneval) for k, c in enumerate(cs)))
+    (runs["edit_success"] / "scores.jsonl").write_text("".join(
+        json.dumps({"id": f"e{i}", "success": c}) + "\n" for i, c in enumerate(edits)))
+    (runs["qa_accuracy"] / "parsed.jsonl").write_text("".join(
+        json.dumps({"id": f"s{i:05d}-q000", "correct": c}) + "\n" for i, c in enumerate(qa)))
+    return [{"label": label, "metric": m, "value": None, "minutes": 1.0, "eval_seconds": 1.0, "run": str(d)}
+            for m, d in runs.items()]
+
+
+def test_ablation_summary_and_report_side_by_side(tmp_path: Path) -> None:
+    """The JSON line's "ablation" key and the report's table: trained (prefilled) vs baseline with
+    cluster-bootstrap intervals; hand values (2 units each: resampled means can only be 3 values)."""
+    points = (_write_runs(tmp_path, "untrained", [[False], [False]], [False, False], [False, False])
+              + _write_runs(tmp_path, "trained", [[True, True], [True, False]], [True, False], [True, True])
+              + _write_runs(tmp_path, "baseline", [[False, False], [True, False]], [False, False], [True, False])
+              + _write_runs(tmp_path, "ar_baseline-3", [[False]], [False], [False]))
+    state = {"points": points, "seconds": 120.0, "segments": {}, "phase_seconds": {}}
+    assert "ablation" not in summary_line(make_plan(str(tmp_path), 1), state)
+    plan = make_plan(str(tmp_path), 1, ablation=True)
+    ab = summary_line(plan, state)["ablation"]
+    # trained geneval: units (2 of 2), (1 of 2) -> 0.75; resamples 1.0, 0.75, 0.5 (p 1/4, 1/2, 1/4)
+    assert ab["prefilled"] == {"geneval_scenes": 0.75, "edit_success": 0.5, "qa_accuracy": 1.0}
+    assert ab["baseline"] == {"geneval_scenes": 0.25, "edit_success": 0.0, "qa_accuracy": 0.5}
+    assert ab["ci95"]["prefilled"] == {"geneval_scenes": [0.5, 1.0], "edit_success": [0.0, 1.0],
+                                       "qa_accuracy": [1.0, 1.0]}
+    assert ab["ci95"]["baseline"] == {"geneval_scenes": [0.0, 0.5], "edit_success": [0.0, 0.0],
+                                      "qa_accuracy": [0.0, 1.0]}
+    report = write_report(plan, state).read_text()
+    assert "| geneval_scenes | 0.750 | [0.500, 1.000] | 0.250 | [0.000, 0.500] |" in report
+    assert "| qa_accuracy | 1.000 | [1.000, 1.000] | 0.500 | [0.000, 1.000] |" in report
+    assert json.loads((tmp_path / "summary.json").read_text())["ablation"] == ab
 
 
 def test_bootstrap_hand_values() -> None:

@@ -14,8 +14,11 @@ from typing import Any
 # reconstructs to GenEval-scenes 0.07 after 137 steps and 0.0 after 299: the AR gets the largest share
 TRAIN_SPLIT = {"vae": 0.2, "ar": 0.32, "gen_decoder": 0.28, "edit_decoder": 0.2}
 # phases in order; `eval_*` are evaluations at checkpoints, `precompute` after the AR model
-PHASES = ("data", "vae", "eval_untrained", "ar", "precompute", "gen_decoder", "edit_decoder",
-          "eval_final", "report")
+PHASES = ("data", "vae", "eval_untrained", "ar", "ar_baseline", "precompute", "gen_decoder", "edit_decoder",
+          "eval_final", "eval_baseline", "report")
+# only with --ablation: the AR trained with model.prefill: false and its pipeline (prefill false at
+# inference, the same decoders) evaluated on the same three numbers
+ABLATION_PHASES = ("ar_baseline", "eval_baseline")
 EVAL_SEED = 0               # evaluation draws: scenes seeds EVAL_SEED .. EVAL_SEED + n (edits, QA)
 TRAIN_SCENES_SEED = 1700    # the build recipe's seed (per-scene seeds are hashes of it, checked disjoint)
 PROMPT_RENDER_SEED = 1_000_000  # renders of the training prompts start here (eval renders use small seeds)
@@ -64,9 +67,6 @@ def make_plan(out: str, minutes: float, device: str = "cpu", ablation: bool = Fa
         raise ValueError(f"--minutes {minutes}: must be > 0")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"--device {device!r}: use cpu, cuda or cuda:N")
-    if ablation:
-        raise ValueError("--ablation: not available yet (NexusGenPipeline has no switch to feed predicted "
-                         "embeddings back at inference; the AR stage trains the baseline with model.prefill: false)")
     m = float(minutes)
     small = m < 10
     p = ShowcasePlan(out=str(out), minutes=m, device=device, ablation=ablation, threads=threads)
@@ -88,6 +88,6 @@ def make_plan(out: str, minutes: float, device: str = "cpu", ablation: bool = Fa
     fixed = 30 + p.scenes / 40 + 0.3 * m * 60
     left = max(m * 60 - fixed, 60.0) * (0.8 if ablation else 1.0)
     p.train_seconds = {k: round(left * f, 1) for k, f in TRAIN_SPLIT.items()}
-    if ablation:
+    if ablation:  # the baseline AR trains as long as the prefilled one, from the 20 % set aside
         p.train_seconds["ar_baseline"] = p.train_seconds["ar"]
     return p

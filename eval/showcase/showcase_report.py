@@ -73,8 +73,21 @@ def parameter_counts(folder: Path) -> dict[str, int]:
     return counts
 
 
+def ablation_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"prefilled": {metric: value}, "baseline": {...}, "ci95": {"prefilled": {metric: [lo, hi]}, ...}}
+    from the final points `trained` (prefilled AR) and `baseline` (AR trained and run with prefill false)."""
+    out: dict[str, Any] = {"prefilled": {}, "baseline": {}, "ci95": {"prefilled": {}, "baseline": {}}}
+    for r in rows:
+        side = {"trained": "prefilled", "baseline": "baseline"}.get(r["label"])
+        if side is not None:
+            out[side][r["metric"]] = None if np.isnan(r["mean"]) else round(r["mean"], 4)
+            out["ci95"][side][r["metric"]] = [round(r["lo"], 4), round(r["hi"], 4)]
+    return out
+
+
 def summary_line(plan: Any, state: dict[str, Any]) -> dict[str, Any]:
-    """{"trained": {...}, "untrained": {...}, "ci95": {...}, "minutes", "size"} (issue 17)."""
+    """{"trained": {...}, "untrained": {...}, "ci95": {...}, "minutes", "size"} (issue 17), and
+    "ablation": {...} (ablation_rows) when the plan has the ablation."""
     rows = point_table(state)
     out: dict[str, Any] = {"trained": {}, "untrained": {}, "ci95": {"trained": {}, "untrained": {}},
                            "denominators": {}, "minutes": round(state.get("seconds", 0) / 60, 2),
@@ -85,7 +98,14 @@ def summary_line(plan: Any, state: dict[str, Any]) -> dict[str, Any]:
             out[r["label"]][r["metric"]] = None if np.isnan(r["mean"]) else round(r["mean"], 4)
             out["ci95"][r["label"]][r["metric"]] = [round(r["lo"], 4), round(r["hi"], 4)]
             out["denominators"][r["metric"]] = r["units"]
+    if plan.ablation:
+        out["ablation"] = ablation_rows(rows)
     return out
+
+
+def is_baseline(label: str) -> bool:
+    """Points of the ablation's baseline (its AR checkpoints and its final pipeline)."""
+    return label == "baseline" or label.startswith("ar_baseline-")
 
 
 def _curves(rows: list[dict[str, Any]], path: Path) -> None:
@@ -96,15 +116,21 @@ def _curves(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, metric in zip(axes, METRICS):
-        pts = sorted((r for r in rows if r["metric"] == metric), key=lambda r: r["minutes"])
-        if pts:
+        for baseline in (False, True):
+            pts = sorted((r for r in rows if r["metric"] == metric and is_baseline(r["label"]) == baseline),
+                         key=lambda r: r["minutes"])
+            if not pts:
+                continue
             x = [r["minutes"] for r in pts]
             y = [r["mean"] for r in pts]
             ax.errorbar(x, y, yerr=[[m - r["lo"] for m, r in zip(y, pts)], [r["hi"] - m for m, r in zip(y, pts)]],
-                        marker="o", capsize=3)
+                        marker="s" if baseline else "o", capsize=3, label="baseline (prefill off)" if baseline
+                        else "prefilled")
             for r in pts:
-                if r["label"] in ("untrained", "trained"):
+                if r["label"] in ("untrained", "trained", "baseline"):
                     ax.annotate(r["label"], (r["minutes"], r["mean"]), fontsize=7)
+        if any(is_baseline(r["label"]) for r in rows):
+            ax.legend(fontsize=7)
         ax.set_title(metric)
         ax.set_xlabel("minutes")
         ax.set_ylim(-0.02, 1.02)
@@ -178,6 +204,19 @@ def write_report(plan: Any, state: dict[str, Any]) -> Path:
     for r in rows:
         md.append(f"| {r['label']} | {r['metric']} | {r['mean']:.3f} | [{r['lo']:.3f}, {r['hi']:.3f}] | "
                   f"{r['units']} | {r['minutes']} | {r['eval_seconds']} |")
+    if "ablation" in summary:
+        ab = summary["ablation"]
+        md += ["", "## Ablation: prefilled autoregression vs the baseline feeding predictions back", "",
+               "Same budget: the baseline AR is trained with `model.prefill: false` (teacher forcing) for as "
+               "long as the prefilled one and run with `\"prefill\": false` (each predicted embedding fed "
+               "back), with the same decoders.", "",
+               "| metric | prefilled | 95 % CI | baseline | 95 % CI |", "|---|---|---|---|---|"]
+        for metric in METRICS:
+            cells = []
+            for side in ("prefilled", "baseline"):
+                v, ci = ab[side].get(metric), ab["ci95"][side].get(metric)
+                cells += ["-" if v is None else f"{v:.3f}", "-" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"]
+            md.append(f"| {metric} | " + " | ".join(cells) + " |")
     md += ["", "## Questions -> answers", "", "| model | question | answer | correct |", "|---|---|---|---|",
            *_qa_samples(state), "", "## Training", "", "```", json.dumps(state.get("segments", {}), indent=1), "```",
            "", "## Phases (seconds)", "", "```", json.dumps(state.get("phase_seconds", {}), indent=1), "```",

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from eval.showcase.showcase_plan import (EVAL_SEED, HELD_OUT_TAGS, IMAGE_SIZE, PHASES, PROMPT_RENDER_SEED,
+from eval.showcase.showcase_plan import (ABLATION_PHASES, EVAL_SEED, HELD_OUT_TAGS, IMAGE_SIZE, PHASES, PROMPT_RENDER_SEED,
                                          TRAIN_SCENES_SEED, VAE_BLOCKS, ShowcasePlan, make_plan)
 
 log = logging.getLogger(__name__)
@@ -208,8 +208,10 @@ def train_segments(plan: ShowcasePlan, state: State, name: str, config: Path,
 
 
 # ----- pipelines and evaluations
-def save_pipeline(plan: ShowcasePlan, folder: Path, ar: str, gen: Optional[str], edit: Optional[str]) -> Path:
-    """A NexusGenPipeline folder from stage outputs (None: the untrained decoder on the scenes VAE base)."""
+def save_pipeline(plan: ShowcasePlan, folder: Path, ar: str, gen: Optional[str], edit: Optional[str],
+                  prefill: bool = True) -> Path:
+    """A NexusGenPipeline folder from stage outputs (None: the untrained decoder on the scenes VAE base);
+    `prefill=False`: the ablation's baseline, each predicted embedding fed back at inference."""
     from nexus_gen.models.edit_decoder import NexusGenEditingDecoder
     from nexus_gen.models.gen_decoder import NexusGenGenerationDecoder
     from nexus_gen.models.nexus_ar import NexusGenAR
@@ -226,7 +228,10 @@ def save_pipeline(plan: ShowcasePlan, folder: Path, ar: str, gen: Optional[str],
     e = NexusGenEditingDecoder.from_pretrained(edit, base=base) if edit else \
         NexusGenEditingDecoder.from_base("tiny", base=base, ar=resolve_ar_path(ar), image_size=IMAGE_SIZE)
     tmp = folder.with_name(folder.name + ".tmp")
-    NexusGenPipeline(arm, g, e, {"source": str(folder), "max_pixels": None}).save_pretrained(tmp)
+    config: dict[str, Any] = {"source": str(folder), "max_pixels": None}
+    if not prefill:
+        config["prefill"] = False
+    NexusGenPipeline(arm, g, e, config).save_pretrained(tmp)
     tmp.replace(folder)
     return folder
 
@@ -334,7 +339,8 @@ def run_showcase(out: str, minutes: float = 60.0, device: str = "cpu", ablation:
         cfg = train_config(plan, "ar", {"path": "tiny", "prefill": prefill}, {"shards": build}, name, 1e-3)
 
         def point(step: int) -> None:
-            pipe = save_pipeline(plan, pipes / f"{name}-{step}", str(root / "train" / name / "final"), None, None)
+            pipe = save_pipeline(plan, pipes / f"{name}-{step}", str(root / "train" / name / "final"), None, None,
+                                 prefill)
             evaluate(plan, state, f"{name}-{step}", pipe, ("qa_accuracy",))
         train_segments(plan, state, name, cfg, point)
 
@@ -370,14 +376,23 @@ def run_showcase(out: str, minutes: float = 60.0, device: str = "cpu", ablation:
                              str(root / "train" / "edit_decoder" / "final"))
         evaluate(plan, state, "trained", pipe, tuple(EVALS))
 
+    def baseline() -> None:
+        pipe = save_pipeline(plan, pipes / "baseline", str(root / "train" / "ar_baseline" / "final"),
+                             str(root / "train" / "gen_decoder" / "final"),
+                             str(root / "train" / "edit_decoder" / "final"), prefill=False)
+        evaluate(plan, state, "baseline", pipe, tuple(EVALS))
+
     def report() -> None:
         from eval.showcase.showcase_report import write_report
         write_report(plan, state.data)
 
     steps = {"data": lambda: phase_data(plan), "vae": vae, "eval_untrained": untrained, "ar": ar,
+             "ar_baseline": lambda: ar("ar_baseline", prefill=False), "eval_baseline": baseline,
              "precompute": precompute, "gen_decoder": lambda: decoder("gen_decoder"),
              "edit_decoder": lambda: decoder("edit_decoder"), "eval_final": final, "report": report}
     for name in PHASES:
+        if name in ABLATION_PHASES and not plan.ablation:
+            continue
         phase(name, steps[name])
     from eval.showcase.showcase_report import summary_line
     return summary_line(plan, state.data)
