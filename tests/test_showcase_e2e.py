@@ -23,7 +23,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_showcase_stops_resumes_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "show"
-    first = _cli("--out", str(out), "--minutes", "1", "--stop-after", "vae", "--threads", "1")
+    first = _cli("--out", str(out), "--minutes", "1", "--stop-after", "vae", "--threads", "1", "--ablation")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "stopped after phase vae" in first.stdout
     state = json.loads((out / "state.json").read_text())
@@ -33,7 +33,7 @@ def test_showcase_stops_resumes_and_reports(tmp_path: Path) -> None:
     assert len(kept) >= 2
     bad = _cli("--out", str(out), "--minutes", "2")
     assert bad.returncode == 2 and "--minutes 1" in bad.stderr  # another budget is refused, nothing redone
-    second = _cli("--out", str(out), "--minutes", "1", "--threads", "1")
+    second = _cli("--out", str(out), "--minutes", "1", "--threads", "1", "--ablation")
     assert second.returncode == 0, second.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished phases are not redone
     state2 = json.loads((out / "state.json").read_text())
@@ -47,6 +47,14 @@ def test_showcase_stops_resumes_and_reports(tmp_path: Path) -> None:
     assert line["denominators"]["geneval_scenes"] == 6 and line["size"] == 144
     report = (out / "report.md").read_text()
     assert "qa_accuracy" in report and "95 %" in report
+    # --ablation: the baseline AR trained with prefill false, its pipeline run with prefill false
+    assert state2["done"][-2] == "eval_baseline" and "ar_baseline" in state2["done"]
+    assert json.loads((out / "pipelines" / "baseline" / "nexus_gen_pipeline.json").read_text())["prefill"] is False
+    assert "prefill" not in json.loads((out / "pipelines" / "trained" / "nexus_gen_pipeline.json").read_text())
+    assert "prefill: false" in (out / "configs" / "ar_baseline.yaml").read_text()
+    for side in ("prefilled", "baseline"):
+        assert set(line["ablation"][side]) == {"geneval_scenes", "edit_success", "qa_accuracy"}
+    assert line["ablation"]["prefilled"] == line["trained"] and "| prefilled | 95 % CI | baseline |" in report
     for f in ("report.html", "curves.png", "samples.png", "summary.json", "data/holdout.json"):
         assert (out / f).is_file(), f
     holdout = json.loads((out / "data" / "holdout.json").read_text())
