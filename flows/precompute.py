@@ -14,7 +14,7 @@ from prefect.utilities.annotations import quote
 
 from flows.build import _retry_transient
 from flows.runtime import wait_units
-from nexus_gen.train.precompute import (Unit, check_existing, compute_unit, finish_precompute,
+from nexus_gen.train.precompute import (DEFAULT_CHUNK, Unit, check_existing, compute_unit, finish_precompute,
                                         load_ar_model, model_fingerprint, plan_precompute)
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def precompute_unit(unit: Unit, model: Any, mode: str, out: str, fingerprint: st
 
 
 @flow(name="precompute", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=1))
-def precompute_flow(mode: str, data: list[str], ar: str, out: str, chunk_size: int = 64,
+def precompute_flow(mode: str, data: list[str], ar: str, out: str, chunk_size: int = DEFAULT_CHUNK,
                     batch_size: int = 8, limit: Optional[int] = None, device: str = "cpu",
                     dtype: str = "float32", progress: bool = False) -> dict[str, Any]:
     """Pre-compute `mode` embeddings of `data` with AR model `ar` into `out`; returns the manifest

@@ -45,6 +45,7 @@ def _fake_run(tmp_path: Path, demo_run: Path, **changes) -> Path:  # noqa: F811
     ("partial", "is an unfinished build (status 'partial'"),
     ("failed", "is a failed build (last error: RuntimeError: boom)"),
     ("limited", "holds 2 of 6 planned shards (built with --limit 2)"),
+    ("unreconciled", "its counts do not reconcile"),
 ])
 def test_a_folder_that_is_not_a_finished_run_is_refused(case, expect, tmp_path, demo_run):  # noqa: F811
     if case == "empty":
@@ -56,6 +57,8 @@ def test_a_folder_that_is_not_a_finished_run_is_refused(case, expect, tmp_path, 
         run = _fake_run(tmp_path, demo_run, status="partial", shards={"done": 3, "selected": 6, "planned": 6})
     elif case == "failed":
         run = _fake_run(tmp_path, demo_run, status="failed", last_error="RuntimeError: boom")
+    elif case == "unreconciled":
+        run = _fake_run(tmp_path, demo_run, reconciled=False)
     else:
         run = _fake_run(tmp_path, demo_run, limit=2, shards={"done": 2, "selected": 2, "planned": 6})
     hub = tmp_path / "hub"

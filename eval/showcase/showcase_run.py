@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 from eval.showcase.showcase_plan import (ABLATION_PHASES, EVAL_SEED, HELD_OUT_TAGS, IMAGE_SIZE, PHASES, PROMPT_RENDER_SEED,
                                          TRAIN_SCENES_SEED, VAE_BLOCKS, ShowcasePlan, make_plan)
+from nexus_gen.data.shards import write_json_atomic
 
 log = logging.getLogger(__name__)
 STATE, PLAN = "state.json", "plan.json"
@@ -27,9 +28,7 @@ class ShowcaseStopped(RuntimeError):
 
 # ----- state
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, obj, sort_keys=True)
 
 
 class State:

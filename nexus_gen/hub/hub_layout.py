@@ -10,7 +10,6 @@ row group that crosses the bound) and keeps the Hugging Face features of its sou
 metadata, so images decode to PIL. The same run gives the same bytes."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 
 from nexus_gen.data.schema import TASKS
 from nexus_gen.data.shards import COLUMN_COMPRESSION, SPLIT_NAMES, read_manifest
+from nexus_gen.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,6 @@ class StagedConfig:
     @property
     def total_rows(self) -> int:
         return sum(self.rows.values())
-
-
-def file_sha256(path: Union[str, Path]) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_shards(folder: Path) -> dict[str, Any]:

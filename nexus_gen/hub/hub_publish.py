@@ -143,6 +143,9 @@ def check_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise PublishError(f"{run_dir} holds {shards.get('done')} of {shards.get('planned')} planned shards "
                            f"(built with --limit {record.get('limit')}); build the rest (the same command "
                            "without --limit), then publish")
+    if record.get("reconciled") is False:
+        raise PublishError(f"{run_dir}: its counts do not reconcile (planned != triplets + rejected): some inputs "
+                           "are neither a sample nor a reject; rerun the same `nexus-gen build`, then publish")
     if not record.get("counts", {}).get("samples"):
         raise PublishError(f"{run_dir} has no samples: nothing to publish")
     return record, stored

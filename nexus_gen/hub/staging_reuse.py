@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nexus_gen.data.shards import write_json_atomic
-from nexus_gen.hub.hub_layout import file_sha256
+from nexus_gen.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

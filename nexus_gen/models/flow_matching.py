@@ -551,13 +551,14 @@ class FluxDecoderBase(nn.Module):
         return model
 
     def _load_trained(self, state: dict[str, torch.Tensor], where: str) -> None:
-        own = {k for k in self.state_dict() if k.startswith(self.trained_prefixes)}
+        current = self.state_dict()
+        own = {k for k in current if k.startswith(self.trained_prefixes)}
         missing, extra = sorted(own - set(state)), sorted(set(state) - own)
         if missing or extra:
             raise ValueError(f"{where}: decoder weights do not match the model (missing "
                              f"{missing[:5]}, unexpected {extra[:5]})")
         for k, v in state.items():
-            want = self.state_dict()[k].shape
+            want = current[k].shape
             if v.shape != want:
                 raise ValueError(f"{where}: {k} has shape {tuple(v.shape)}, the model wants {tuple(want)}")
         self.load_state_dict(state, strict=False)

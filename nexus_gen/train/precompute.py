@@ -25,6 +25,8 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 
+from nexus_gen.data.shards import write_json_atomic
+from nexus_gen.hashing import file_sha256
 from nexus_gen.train.embedding_store import STORE_FORMAT, write_embedding_shard
 
 log = logging.getLogger(__name__)
@@ -63,15 +65,6 @@ class PrecomputePlan:
     units: list[Unit]
     samples: int
     todo: list[Unit] = field(default_factory=list)
-
-
-def sha256_file(path: Union[str, Path]) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_inputs(data: Sequence[Union[str, Path]]) -> list[tuple[str, list[Path]]]:
@@ -135,7 +128,7 @@ def plan_precompute(mode: str, data: Sequence[Union[str, Path]], out: Union[str,
                 raise PrecomputeError(f"two inputs share the shard name {name!r} ({names[name]}, {f}): "
                                       "pre-compute them into separate output folders")
             names[name] = str(f)
-            sha = sha256_file(f)
+            sha = file_sha256(f)
             for c in range(0, len(ids), chunk_size):
                 units.append(Unit(str(f), name, c // chunk_size, tuple(ids[c:c + chunk_size]), sha))
         if n_arg == 0 and (limit is None or total < limit):
@@ -278,7 +271,7 @@ def finish_precompute(plan: PrecomputePlan) -> dict[str, Any]:
         embedded += len(ids)
         skipped += len(skip)
         units.append({"file": u.file, "input": u.shard, "input_sha256": u.input_sha256, "chunk": u.chunk,
-                      "ids": ids, "skipped": skip, "sha256": sha256_file(p)})
+                      "ids": ids, "skipped": skip, "sha256": file_sha256(p)})
     if embedded + skipped != plan.samples:
         raise PrecomputeError(f"counts do not reconcile: {plan.samples} samples in, {embedded} embedded "
                               f"+ {skipped} skipped")
@@ -286,9 +279,7 @@ def finish_precompute(plan: PrecomputePlan) -> dict[str, Any]:
                 "model": meta.get("model"), "model_fingerprint": meta.get("model_fingerprint"),
                 "geometry": json.loads(meta.get("geometry", "{}")), "units": units,
                 "counts": {"samples": plan.samples, "embedded": embedded, "skipped": skipped}}
-    tmp = plan.out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(plan.out / MANIFEST)
+    write_json_atomic(plan.out / MANIFEST, manifest, sort_keys=True)
     return manifest
 
 
