@@ -367,3 +367,25 @@ def test_a_writer_names_its_shards_by_split_and_builds_own_every_split_name(many
     assert [r["id"] for r in iter_samples(out)] == [r["id"] for r in rows]
     with pytest.raises(ValueError, match="prefix"):
         ShardWriter(tmp_path / "x", prefix="dev")
+
+
+def test_read_rows_reads_only_the_row_groups_that_hold_them(tmp_path, monkeypatch):
+    """`read_rows` gives the samples at the given positions, in the order given, across row
+    groups, and reads no other row group (checked against pyarrow's own full read)."""
+    import pyarrow.parquet as pq
+
+    from nexus_gen.data.shards import read_rows
+
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"id": [f"s{i}" for i in range(10)], "meta": ["{}"] * 10}), path, row_group_size=3)
+    full = pq.read_table(path).to_pylist()
+    asked = [7, 0, 8, 2]
+    read_groups = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups",
+                        lambda self, groups, *a, **k: read_groups.append(list(groups)) or real(self, groups, *a, **k))
+    got = read_rows(path, asked)
+    assert [g["id"] for g in got] == [full[r]["id"] for r in asked]
+    assert read_groups == [[0, 2]]  # rows 0-2 and 6-8; not 3-5 nor 9
+    with pytest.raises(IndexError, match="out of range"):
+        read_rows(path, [10])

@@ -446,5 +446,25 @@ def iter_samples(paths: Union[str, Path, Iterable[Union[str, Path]]], batch_size
                 yield row_to_sample(row)
 
 
+def read_rows(path: Union[str, Path], rows: Iterable[int]) -> list[dict[str, Any]]:
+    """The samples at row positions `rows` of one shard, in the order given, reading only the
+    row groups that hold them (not the whole file)."""
+    import bisect
+
+    rows = list(rows)
+    pf = pq.ParquetFile(path)
+    starts, acc = [], 0
+    for g in range(pf.num_row_groups):
+        starts.append(acc)
+        acc += pf.metadata.row_group(g).num_rows
+    if any(not 0 <= r < acc for r in rows):
+        raise IndexError(f"{path}: row positions out of range [0, {acc}): {[r for r in rows if not 0 <= r < acc][:5]}")
+    groups = sorted({bisect.bisect_right(starts, r) - 1 for r in rows})
+    table = pf.read_row_groups(groups)
+    first = {g: sum(pf.metadata.row_group(h).num_rows for h in groups[:k]) for k, g in enumerate(groups)}
+    at = [first[bisect.bisect_right(starts, r) - 1] + r - starts[bisect.bisect_right(starts, r) - 1] for r in rows]
+    return [row_to_sample(row) for row in table.take(at).to_pylist()]
+
+
 def count_rows(paths: Union[str, Path, Iterable[Union[str, Path]]]) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in shard_files(paths))

@@ -50,6 +50,7 @@ class Unit:
     chunk: int
     ids: tuple[str, ...]
     input_sha256: str
+    rows: tuple[int, ...] = ()  # the ids' row positions in `shard` (read only their row groups)
 
     @property
     def file(self) -> str:
@@ -112,13 +113,17 @@ def plan_precompute(mode: str, data: Sequence[Union[str, Path]], out: Union[str,
                 table = pq.read_table(f, columns=["id", "task"]).to_pydict()
             except Exception as e:  # pyarrow raises its own error types for a file that is no shard
                 raise PrecomputeError(f"{f}: not a unified-sample shard ({e})") from None
-            ids = [i for i, t in zip(table["id"], table["task"]) if t == task]
+            ids, rows = [], []
+            for r, (i, t) in enumerate(zip(table["id"], table["task"])):
+                if t == task:
+                    ids.append(i)
+                    rows.append(r)
             for i in ids:
                 if i in seen:
                     raise PrecomputeError(f"sample id {i!r} is in both {seen[i]} and {f}")
                 seen[i] = str(f)
             if limit is not None:
-                ids = ids[:max(0, limit - total)]
+                ids, rows = ids[:max(0, limit - total)], rows[:max(0, limit - total)]
             n_arg += len(ids)
             total += len(ids)
             if not ids:
@@ -130,7 +135,8 @@ def plan_precompute(mode: str, data: Sequence[Union[str, Path]], out: Union[str,
             names[name] = str(f)
             sha = file_sha256(f)
             for c in range(0, len(ids), chunk_size):
-                units.append(Unit(str(f), name, c // chunk_size, tuple(ids[c:c + chunk_size]), sha))
+                units.append(Unit(str(f), name, c // chunk_size, tuple(ids[c:c + chunk_size]), sha,
+                                  tuple(rows[c:c + chunk_size])))
         if n_arg == 0 and (limit is None or total < limit):
             raise PrecomputeError(f"{arg}: no {task} samples (the `{mode}` pre-compute needs them)")
     return PrecomputePlan(mode, Path(out), units, total, list(units))
@@ -211,11 +217,13 @@ def _batches(items: list[Any], size: int) -> Iterable[list[Any]]:
 def compute_unit(unit: Unit, model: Any, mode: str, out: Union[str, Path], fingerprint: str,
                  batch_size: int = 8) -> dict[str, Any]:
     """Embed one unit's samples and write its file; returns {file, ids, skipped}."""
-    from nexus_gen.data.shards import iter_samples
+    from nexus_gen.data.shards import iter_samples, read_rows
     from nexus_gen.models.nexus_ar import square_image
 
     want = set(unit.ids)
-    samples = {s["id"]: s for s in iter_samples([unit.shard]) if s["id"] in want}
+    # the unit's rows only (the plan's positions, checked by id: the input's sha256 is in the plan)
+    rows = read_rows(unit.shard, unit.rows) if unit.rows else iter_samples([unit.shard])
+    samples = {s["id"]: s for s in rows if s["id"] in want}
     geo = model.geometry
     skipped: dict[str, str] = {}
     ready: list[tuple[str, dict[str, Any], list[Any], list[Any]]] = []
