@@ -134,3 +134,32 @@ def test_checkpoint_from_another_config_fails_to_load(tmp_path):
     (tmp_path / "ar" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(pc.PrecomputeError, match=r"--ar .*cannot load"):
         pc.load_ar_model(str(tmp_path / "ar"))
+
+
+def test_the_store_reads_the_manifest_and_knows_an_unfinished_precompute(tmp_path, caplog):
+    """A finished pre-compute's store is indexed from its manifest (no shard opened) and says so;
+    a unit the manifest lists but the folder lacks is an error; without a manifest (a pre-compute
+    not finished) the store still reads its shards and warns."""
+    import logging
+    import shutil
+
+    import safetensors
+
+    out = tmp_path / "emb"
+    manifest = pc.precompute("gen", [scenes_run() / "data"], out, tiny_ar(), chunk_size=4)
+    opened = []
+    real = safetensors.safe_open
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(safetensors, "safe_open", lambda *a, **k: opened.append(a[0]) or real(*a, **k))
+        store = EmbeddingStore(out)
+    assert store.complete and opened == [] and len(store) == manifest["counts"]["embedded"]
+    gone = out / manifest["units"][0]["file"]
+    shutil.move(gone, tmp_path / "aside")
+    with pytest.raises(ValueError, match="unit files its manifest.json lists are missing"):
+        EmbeddingStore(out)
+    shutil.move(tmp_path / "aside", gone)
+    (out / "manifest.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="nexus_gen.train.embedding_store"):
+        unfinished = EmbeddingStore(out)
+    assert not unfinished.complete and unfinished.ids() == store.ids()
+    assert any("has not finished" in r.getMessage() for r in caplog.records)

@@ -9,6 +9,7 @@ lists shards with their ids and sha256."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
@@ -16,6 +17,8 @@ from typing import Any, Iterable, Mapping, Optional, Union
 import torch
 
 STORE_FORMAT = "nexus-gen-embeddings"
+STORE_MANIFEST = "manifest.json"  # written by the pre-compute when a run ends
+log = logging.getLogger(__name__)
 SEP = "::"
 KINDS = ("target", "predicted", "source")
 
@@ -81,12 +84,32 @@ class EmbeddingStore:
             raise FileNotFoundError(f"embedding store {self.folder} does not exist: run the "
                                     "embedding pre-compute first (`nexus-gen precompute ...`)")
         self._where: dict[str, Path] = {}
+        listed = self._listed_units()
+        self.complete = listed is not None
         for shard in sorted(self.folder.glob("emb-*.safetensors")):
-            for sid in shard_ids(shard):
+            ids = listed.pop(shard.name) if listed and shard.name in listed else shard_ids(shard)
+            for sid in ids:
                 if sid in self._where:
                     raise ValueError(f"embedding store {self.folder}: sample {sid!r} is in both "
                                      f"{self._where[sid].name} and {shard.name}")
                 self._where[sid] = shard
+        if listed:
+            raise ValueError(f"embedding store {self.folder}: {len(listed)} unit files its {STORE_MANIFEST} lists "
+                             f"are missing (e.g. {sorted(listed)[0]}): rerun the same pre-compute to remake them")
+        if not self.complete:
+            log.warning("embedding store %s has no %s: its pre-compute has not finished (or the store was "
+                        "written by hand); samples without embeddings will be skipped", self.folder, STORE_MANIFEST)
+
+    def _listed_units(self) -> Optional[dict[str, list[str]]]:
+        """{unit file: ids} from the pre-compute's manifest (no shard opened), or None without one."""
+        path = self.folder / STORE_MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            units = json.loads(path.read_text(encoding="utf-8"))["units"]
+            return {u["file"]: list(u["ids"]) for u in units}
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is damaged ({type(exc).__name__}: {exc}): rerun the same pre-compute") from None
 
     def ids(self) -> list[str]:
         """Every sample id in the store, sorted."""

@@ -187,6 +187,8 @@ def check_existing(plan: PrecomputePlan, fingerprint: str) -> PrecomputePlan:
             log.info("%s is stale (input or ids changed): recomputing", u.file)
         todo.append(u)
     plan.todo = todo
+    if todo:  # the manifest says "finished": not while units are being (re)computed
+        (plan.out / MANIFEST).unlink(missing_ok=True)
     return plan
 
 
