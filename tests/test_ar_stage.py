@@ -58,6 +58,23 @@ def test_freezing_and_lora_targets():
     assert not set(ARStage.lora_targets) & vit_names  # LoRA never reaches the frozen ViT
 
 
+def test_train_vit_trains_the_vit_through_its_inputs_only():
+    """`model.train_vit`: the ViT + merger trained (the tiny ViT is random-init), by what the
+    model reads (input images), never by the image loss's targets (detached: no collapse)."""
+    st = ARStage({"path": "tiny", "train_vit": True}, {})
+    samples, exs = _examples(st)
+    m = st.build_model(torch.device("cpu"))
+    assert all(p.requires_grad for p in m.model.visual.parameters())
+    by_task = {s["task"]: e for s, e in zip(samples, exs)}
+    for task, reaches in (("generation", False), ("understanding", True)):
+        m.zero_grad(set_to_none=True)
+        st.loss(m, st.collate([by_task[task]]))[0].backward()
+        grads = [p.grad for p in m.model.visual.parameters()]
+        assert any(g is not None and bool(g.abs().sum() > 0) for g in grads) is reaches, task
+    with pytest.raises(ValueError, match="model.train_vit must be true or false"):
+        ARStage({"path": "tiny", "train_vit": "yes"}, {})
+
+
 @pytest.mark.slow  # ~20 AdamW steps of the tiny AR on CPU
 def test_loss_falls_and_save_loads_back(tmp_path):
     torch.manual_seed(0)

@@ -88,6 +88,37 @@ def test_the_target_as_the_edit_succeeds_exactly(tmp_path):
             assert row["success"] is True
 
 
+def test_a_blurred_edit_is_no_success_even_when_the_object_is_gone(tmp_path):
+    """The ground truth blurred until nothing is detected: a removal is 'done' (the object is not
+    found) but the scene's other objects are gone too, so it is no success; an addition is neither."""
+    from PIL import ImageFilter
+
+    plan = check(EditingConfig(data="scenes", editor="identity", out=tmp_path / "blur", limit=10,
+                               size=128, seed=5, clip="tiny", dino="tiny"))
+    prepare(plan)
+    for item in plan.items:
+        path = plan.out / item.edited_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        item.target.filter(ImageFilter.GaussianBlur(12)).save(path)
+    edit_step(plan)
+    rows = score_step(plan)
+    seen = {"add": 0, "remove": 0}
+    for i, (item, row) in enumerate(zip(plan.items, rows)):
+        res = random_edit(5 + i, 128)  # the same edit, made again: its scenes say what must stay
+        if res.edit_type not in seen:
+            assert row["success"] is None and row["preserved"] is None
+            continue
+        others = len(res.target_scene.objects) - (1 if res.edit_type == "add" else 0)
+        assert others > 0  # every scene has an object besides the edited one
+        seen[res.edit_type] += 1
+        assert row["edit_done"] is (res.edit_type == "remove")
+        assert row["preserved"] is False and row["success"] is False
+    assert seen["add"] and seen["remove"]
+    overall = summarize(plan, {"edited": 0, "kept": 10, "failed": {}}, rows)["overall"]
+    assert overall["success"] == 0.0 and overall["preserved"] == 0.0
+    assert overall["edit_done"] == pytest.approx(seen["remove"] / (seen["add"] + seen["remove"]))
+
+
 def test_magicbrush_targets_of_another_size_are_compared_after_bicubic_resizing(tmp_path):
     rng = np.random.default_rng(0)
     rows, expect = [], []

@@ -13,7 +13,7 @@ from eval.report import Figure, Report, Section, Table, write_report
 METRIC_LABELS = {"l1": "L1", "l2": "L2 (MSE)", "clip_i": "CLIP-I", "dino": "DINO", "clip_t": "CLIP-T",
                  "clip_dir": "CLIP-dir", "clip_i_source": "CLIP-I src", "dino_source": "DINO src",
                  "l1_source": "L1 src", "l1_inside": "L1 in mask", "l1_outside": "L1 out mask",
-                 "success": "exact success"}
+                 "success": "exact success", "edit_done": "edit done", "preserved": "rest preserved"}
 
 
 def _r(v: Any, places: int = 4) -> Any:
@@ -29,7 +29,9 @@ def _metric_table(summary: dict[str, Any]) -> Table:
     return Table(["edit type", "n"] + [METRIC_LABELS[m] for m in metrics], rows,
                  title="Metrics per edit type (means over scored items)",
                  note="L1 / L2 / CLIP-I / DINO / CLIP-T against the ground-truth target (MagicBrush); "
-                      "`src` columns against the source (Emu Edit); exact success on scenes add / remove.")
+                      "`src` columns against the source (Emu Edit); exact success on scenes add / remove "
+                      "= edit done (the object found / gone) and rest preserved (every other object of the "
+                      "target found again).")
 
 
 def _warnings(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:

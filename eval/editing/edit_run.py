@@ -15,8 +15,9 @@ edited image resized (bicubic) to the target's size, CLIP-I and DINO cosines, CL
 image and the target caption; directional CLIP against the caption change (InstructPix2Pix /
 Emu Edit); against the source (Emu Edit, also where there is no target) `clip_i_source`,
 `dino_source`, `l1_source`. On scenes edits also exact success: the pixel detector finds the
-added object inside the mask (add) / no longer finds the removed one (remove), and L1 inside and
-outside the exact mask."""
+added object inside the mask (add) / no longer finds the removed one (remove), and every other
+object of the ground-truth target is found again (so a blurred output is no removal); and L1
+inside and outside the exact mask."""
 from __future__ import annotations
 
 import json
@@ -248,17 +249,48 @@ def edit_step(plan: Plan) -> dict[str, Any]:
     return counts
 
 
-def _verdict(item: EditItem, edited) -> Optional[bool]:
-    """Scenes add / remove: did the edit succeed by the pixel detector (None: not checkable)."""
+def _verdict(item: EditItem, edited) -> dict[str, Optional[bool]]:
+    """Scenes add / remove, by the pixel detector (None: not checkable). `edit_done`: the added
+    object is found inside the mask / the removed one is not; `preserved`: every object the detector
+    finds in the ground-truth target outside the mask is found again in the edit (same shape and
+    colour, its box centre inside the target object's box); `success` needs both, so an output
+    blurred until nothing is detected does not count as a removal."""
     obj = item.extra.get("object")
+    none = {"success": None, "edit_done": None, "preserved": None}
     if obj is None or item.mask is None or item.edit_type not in ("add", "remove"):
-        return None
-    from nexus_gen.scenes.detect import object_in_mask
+        return none
+    from nexus_gen.scenes.detect import detect, object_in_mask
+    from nexus_gen.scoring.image_inputs import load_rgb
     from nexus_gen.scoring.pixels import mask_array
 
     mask = mask_array(item.mask, edited.size)
     found = object_in_mask(edited, obj["shape"], obj["color"], mask)
-    return found if item.edit_type == "add" else not found
+    done = found if item.edit_type == "add" else not found
+    target = load_rgb(item.target) if item.target is not None else None
+    if target is not None and target.size != edited.size:
+        from PIL import Image
+
+        target = target.resize(edited.size, Image.Resampling.NEAREST)
+    kept = None if target is None else _kept(detect(target), detect(edited), mask)
+    return {"success": bool(done and kept) if kept is not None else done, "edit_done": done, "preserved": kept}
+
+
+def _centre(box: tuple[float, float, float, float]) -> tuple[int, int]:
+    return int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
+
+
+def _kept(want: list, got: list, mask: Any) -> bool:
+    """Is every `want` detection whose box centre lies outside `mask` matched in `got`?"""
+    h, w = mask.shape
+    for d in want:
+        cx, cy = _centre(d.box)
+        if 0 <= cy < h and 0 <= cx < w and mask[cy, cx]:
+            continue
+        if not any(g.label == d.label and g.color == d.color
+                   and d.box[0] <= _centre(g.box)[0] <= d.box[2] and d.box[1] <= _centre(g.box)[1] <= d.box[3]
+                   for g in got):
+            return False
+    return True
 
 
 def score_step(plan: Plan) -> list[dict[str, Any]]:
@@ -321,7 +353,7 @@ def score_step(plan: Plan) -> list[dict[str, Any]]:
         for item, path, digest in todo:
             row = by_item[item.id]
             if row["error"] is None:
-                row["success"] = _verdict(item, load_rgb(path))
+                row.update(_verdict(item, load_rgb(path)))
             rows[item.id] = {"id": item.id, "edit_type": item.edit_type, "language": item.language,
                              "edited_sha256": digest, "models": models, "success": None, **row}
     ordered = [rows[i.id] for i in plan.items if i.id in rows]
@@ -430,6 +462,10 @@ def metric_means(rows: list[dict[str, Any]]) -> dict[str, Any]:
     verdicts = [r["success"] for r in ok if r.get("success") is not None]
     out["success"] = sum(verdicts) / len(verdicts) if verdicts else None
     out["n_success"] = len(verdicts)
+    for part in ("edit_done", "preserved"):  # the two halves of success, to see which one fails
+        vals = [r[part] for r in ok if r.get(part) is not None]
+        if vals:
+            out[part] = sum(vals) / len(vals)
     return out
 
 

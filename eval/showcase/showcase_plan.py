@@ -86,7 +86,8 @@ def make_plan(out: str, minutes: float, device: str = "cpu", ablation: bool = Fa
     # fixed costs measured on 2 shared CPU cores: the build (~40 scenes / s with edits and QA),
     # evaluations (untrained, segment ends, trained) about 30 % of the budget; what is left trains
     fixed = 30 + p.scenes / 40 + 0.3 * m * 60
-    left = max(m * 60 - fixed, 60.0) * (0.8 if ablation else 1.0)
+    # a smoke run trains each stage just past its calibration segment (every step still a real one)
+    left = (24.0 if m < 2 else max(m * 60 - fixed, 60.0)) * (0.8 if ablation else 1.0)
     p.train_seconds = {k: round(left * f, 1) for k, f in TRAIN_SPLIT.items()}
     if ablation:  # the baseline AR trains as long as the prefilled one, from the 20 % set aside
         p.train_seconds["ar_baseline"] = p.train_seconds["ar"]

@@ -144,17 +144,18 @@ def _grid(plan: Any, state: dict[str, Any], path: Path) -> None:
     from PIL import Image, ImageDraw
 
     runs = {(p["label"], p["metric"]): Path(p["run"]) for p in state["points"]}
-    cells: list[tuple[str, list[tuple[str, Path]]]] = []
+    cells: list[tuple[str, list[tuple[str, Any]]]] = []
     for label in ("untrained", "trained"):
-        row: list[tuple[str, Path]] = []
+        row: list[tuple[str, Any]] = []
         ge = runs.get((label, "geneval_scenes"))
         if ge is not None:
             for r in _jsonl(ge / "results.jsonl")[:5]:
                 row.append((str(r.get("prompt", "")).replace("a photo of ", "")[:24], Path(r["filename"])))
         ed = runs.get((label, "edit_success"))
         if ed is not None:
-            for r in _jsonl(ed / "items.jsonl")[:4]:
+            for r in _jsonl(ed / "items.jsonl")[:3]:
                 if r.get("edited"):
+                    row.append(("source", _edit_source(ed, r["id"])))
                     row.append((str(r.get("instruction", ""))[:24], ed / r["edited"]))
         cells.append((label, row))
     size, pad = 144, 30
@@ -165,10 +166,24 @@ def _grid(plan: Any, state: dict[str, Any], path: Path) -> None:
         y = i * (size + pad)
         d.text((2, y + size // 2), label, fill="black")
         for j, (caption, p) in enumerate(row):
-            if p.is_file():
+            if isinstance(p, Image.Image):
+                img.paste(p.convert("RGB").resize((size, size)), (80 + j * size, y))
+            elif p is not None and p.is_file():
                 img.paste(Image.open(p).convert("RGB").resize((size, size)), (80 + j * size, y))
             d.text((80 + j * size, y + size + 2), caption, fill="black")
     img.save(path)
+
+
+def _edit_source(run: Path, item_id: str) -> Any:
+    """The source image of a scenes edit item `scene-NNNNN` (the editing run saves only its edits):
+    the same scenes edit drawn again from the run's seed, as the benchmark drew it."""
+    from nexus_gen.scenes.edits import random_edit
+
+    cfg = json.loads((run / "config.json").read_text())
+    try:
+        return random_edit(int(cfg["seed"]) + int(item_id.rsplit("-", 1)[1]), int(cfg["size"])).source
+    except (KeyError, ValueError):
+        return None
 
 
 def _qa_samples(state: dict[str, Any], n: int = 6) -> list[str]:

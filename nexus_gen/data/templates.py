@@ -44,11 +44,16 @@ def editing_messages(instruction: str, language: str = "en") -> list[dict[str, s
     ]
 
 
-def understanding_messages(question: str, answer: str) -> list[dict[str, str]]:
-    return [
+def understanding_messages(question: str, answer: str, *more: tuple[str, str]) -> list[dict[str, str]]:
+    """An understanding conversation: the image and `question` in the first user turn, `answer`;
+    then each further (question, answer) pair as a turn about the same image."""
+    out = [
         {"role": "user", "content": UND_USER.format(question=question)},
         {"role": "assistant", "content": answer},
     ]
+    for q, a in more:
+        out += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return out
 
 
 def count_tags(text: str) -> int:

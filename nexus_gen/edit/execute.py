@@ -192,14 +192,25 @@ def source_samples(src: SourceRef, ctx: BuildContext, split: str) -> list[dict[s
     if o.understanding and scene is not None:
         seed = derive_seed(ctx.recipe.seed, "qa", src.key)
         qa = scene_qa(scene, src.size, seed=seed)
-        picked = random.Random(seed).sample(qa, min(o.understanding_per_source, len(qa)))
-        for q in picked:
-            sid = "und_" + xxhash.xxh3_64_hexdigest(f"{ctx.recipe_hash}:{src.key}:{q.question}".encode())
+        turns = o.understanding_turns
+        picked = random.Random(seed).sample(qa, min(o.understanding_per_source * turns, len(qa)))
+        for k in range(0, len(picked), turns):
+            group = picked[k:k + turns]
+            q = group[0]
+            key = q.question if turns == 1 else "\0".join(g.question for g in group)
+            sid = "und_" + xxhash.xxh3_64_hexdigest(f"{ctx.recipe_hash}:{src.key}:{key}".encode())
+            meta = {**base, "qa": _qa_meta(q)}  # meta.qa: the first (image) turn's question
+            if turns > 1:
+                meta["qa_turns"] = [_qa_meta(g) for g in group]
             out.append(_sample(sid, src.source, "understanding", "en",
-                               understanding_messages(q.question, q.answer), [image],
-                               {**base, "qa": {"kind": q.kind, "format": q.format,
-                                               "answer_text": q.answer_text}}))
+                               understanding_messages(q.question, q.answer,
+                                                      *[(g.question, g.answer) for g in group[1:]]),
+                               [image], meta))
     return out
+
+
+def _qa_meta(q: Any) -> dict[str, Any]:
+    return {"kind": q.kind, "format": q.format, "answer_text": q.answer_text}
 
 
 # -- one shard

@@ -228,6 +228,9 @@ class Outputs(_Strict):
     generation: bool = False
     understanding: bool = False
     understanding_per_source: PositiveInt = 4
+    # questions per understanding sample: > 1 makes multi-turn conversations about one image (the
+    # `<image>` in the first user turn), so one image encoding supervises several answers
+    understanding_turns: PositiveInt = 1
     triplets: bool = True
 
 

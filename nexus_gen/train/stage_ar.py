@@ -25,7 +25,7 @@ from nexus_gen.train.stage_api import Batch, Example, TrainStage
 log = logging.getLogger(__name__)
 
 MODEL_KEYS = {"path": "tiny", "nexus_gen": None, "embed_dim": None, "prefill": True,
-              "token_loss_weight": 3.0, "image_loss_weight": 3.0, "dtype": "float32"}
+              "token_loss_weight": 3.0, "image_loss_weight": 3.0, "dtype": "float32", "train_vit": False}
 DATA_KEYS = {"max_length": 4096, "target_fit": "resize"}
 
 
@@ -108,6 +108,8 @@ class ARStage(TrainStage):
         for k in ("token_loss_weight", "image_loss_weight"):
             if float(self.m[k]) < 0:
                 raise ValueError(f"model.{k} must be >= 0, got {self.m[k]}")
+        if not isinstance(self.m["train_vit"], bool):
+            raise ValueError(f"model.train_vit must be true or false, got {self.m['train_vit']!r}")
         if self.m["dtype"] not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype = {self.m['dtype']!r}: use float32, bfloat16 or float16")
         self.config = ar_config(self.m["path"], self.m["nexus_gen"], self.m["embed_dim"])
@@ -126,13 +128,15 @@ class ARStage(TrainStage):
         return self._processor
 
     def build_model(self, device: torch.device) -> torch.nn.Module:
-        """NexusGenAR from `model.path` with the ViT + merger frozen."""
+        """NexusGenAR from `model.path` with the ViT + merger frozen (the reference's pre-trained
+        ViT), or trained with them when `model.train_vit` (a ViT that has never seen an image, as
+        the tiny profile's random init: frozen, its features are fixed random projections)."""
         from nexus_gen.models.nexus_ar import NexusGenAR
 
         model = NexusGenAR.from_pretrained(resolve_ar_path(self.m["path"]), config=self.config,
                                            dtype=getattr(torch, self.m["dtype"]))
         model.processor = self.processor
-        freeze_vit(model)
+        freeze_vit(model, frozen=not self.m["train_vit"])
         return model.to(device)
 
     def example(self, sample: dict[str, Any]) -> Union[Example, str]:
@@ -208,9 +212,10 @@ class ARStage(TrainStage):
         self.processor.save_pretrained(str(out_dir))
 
 
-def freeze_vit(model: torch.nn.Module) -> None:
-    """The reference's freezing: ViT + merger frozen; LLM, lm_head, vision_head, prefill trained."""
+def freeze_vit(model: torch.nn.Module, frozen: bool = True) -> None:
+    """The reference's freezing: ViT + merger frozen; LLM, lm_head, vision_head, prefill trained
+    (`frozen=False`: everything trained)."""
     for p in model.parameters():
         p.requires_grad_(True)
     for p in model.model.visual.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(not frozen)
