@@ -66,8 +66,8 @@ def test_a_flow_command_is_quiet_unless_verbose(tmp_path, prefect_home):
 
 def test_ctrl_c_stops_a_flow_command_within_seconds_and_it_resumes(tmp_path, prefect_home):
     out = tmp_path / "run"
-    cmd = _cli("eval", "geneval-scenes", "--generator", "ground-truth", "--size", "512", "--limit", "60",
-               "--n-images", "4", "--out", str(out))  # 240 images, about 0.03 s each
+    cmd = _cli("eval", "geneval-scenes", "--generator", "ground-truth", "--size", "256", "--limit", "60",
+               "--n-images", "4", "--out", str(out))  # 240 images, about 0.01 s each
     log = tmp_path / "stderr.txt"
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, env=_env(prefect_home), stdout=subprocess.PIPE, stderr=err, text=True,
