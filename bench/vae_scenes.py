@@ -146,6 +146,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--groups", type=int, default=8, help="norm_num_groups")
     p.add_argument("--kl-weight", type=float, default=1e-4)
     p.add_argument("--mse-weight", type=float, default=0.0)
+    p.add_argument("--hard-weight", type=float, default=0.0, help="weight of the worst pixels' L1")
+    p.add_argument("--hard-fraction", type=float, default=0.05)
+    p.add_argument("--crop", type=int, default=None, help="train on crops of this side")
+    p.add_argument("--latent-channels", type=int, default=16)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--scenes", type=int, default=4000)
     p.add_argument("--shards", type=Path, default=None, help="a build's data folder instead of building")
@@ -167,15 +171,17 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     load0 = os.getloadavg()
     data = args.shards or build_scenes(out, args.scenes, args.size, seed=1000 + args.seed)
     model_cfg = {"size": args.size, "block_out_channels": args.blocks, "layers_per_block": args.layers_per_block,
-                 "norm_num_groups": args.groups, "kl_weight": args.kl_weight, "mse_weight": args.mse_weight}
+                 "norm_num_groups": args.groups, "kl_weight": args.kl_weight, "mse_weight": args.mse_weight,
+                 "hard_weight": args.hard_weight, "hard_fraction": args.hard_fraction,
+                 "latent_channels": args.latent_channels}
     cfg = config_from_dict({
-        "stage": "vae", "model": model_cfg, "data": {"shards": str(data)},
+        "stage": "vae", "model": model_cfg, "data": {"shards": str(data), "crop": args.crop},
         "train": {"seed": args.seed, "max_steps": 10 ** 6, "batch_size": args.batch, "lr": args.lr,
                   "warmup_steps": 20, "schedule": "constant", "max_grad_norm": 1.0, "device": "cpu"},
         "checkpoint": {"every_steps": 10 ** 6}, "log": {"every_steps": 20}, "output_dir": str(out / "train")})
     stage: VAEStage = cfg.stage_obj()
     result: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                              "compression": stage.compression, "latent": [16, stage.latent_size, stage.latent_size],
+                              "compression": stage.compression, "latent": [args.latent_channels, stage.latent_size, stage.latent_size],
                               "points": []}
     result["points"].append(measure("ground-truth", None, out, args))
     untrained = stage.build_model(torch.device("cpu")).vae.eval()

@@ -21,11 +21,11 @@ def showcase(
     """Train a tiny Nexus-Gen on the scenes world with the project's own stages and benchmarks;
     learning curves, samples and untrained vs trained in OUT/report.html."""
     from eval.showcase.showcase_plan import PHASES, make_plan
-    from eval.showcase.showcase_run import ShowcaseStopped
+    from eval.showcase.showcase_run import ShowcaseStopped, check_continuation
     from flows.runtime import fail, run_flow
 
-    try:
-        make_plan(str(out), minutes, device, ablation, threads)
+    try:  # before any work (and before Prefect's server starts)
+        check_continuation(make_plan(str(out), minutes, device, ablation, threads))
     except ValueError as exc:
         fail(exc)
     if stop_after is not None and stop_after not in PHASES:

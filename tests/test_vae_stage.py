@@ -83,6 +83,59 @@ def test_running_latent_statistics_by_hand():
     assert abs(float(m.latent_mean) - 3.0) < 1e-9
 
 
+def test_hard_pixel_term_and_crops_by_hand():
+    """hard_weight: the mean L1 of each image's worst hard_fraction of pixels, added to the loss
+    (checked against numpy on a model whose reconstruction is known); data.crop: a window of the
+    fitted image, the same for the same sample id, inside the image."""
+
+    class Fixed(torch.nn.Module):  # encode -> a point posterior; decode -> a fixed image
+        def __init__(self, rec):
+            super().__init__()
+            self.rec = rec
+
+        def encode(self, x):
+            class P:
+                mean = torch.zeros(x.shape[0], 1, 1, 1)
+                var = torch.ones_like(mean)
+                logvar = torch.zeros_like(mean)
+
+                def sample(self):
+                    return self.mean
+            return type("E", (), {"latent_dist": P()})()
+
+        def decode(self, z, return_dict=False):
+            return (self.rec,)
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.uniform(-1, 1, (2, 3, 10, 10))).float()
+    rec = torch.from_numpy(rng.uniform(-1, 1, (2, 3, 10, 10))).float()
+    m = VAETrainModel(Fixed(rec))
+    err = np.abs(rec.numpy() - x.numpy()).mean(axis=1).reshape(2, -1)  # per pixel, over channels
+    worst = np.sort(err, axis=1)[:, -20:].mean()  # 20 % of 100 pixels, per image, then over images
+    plain, parts = m(x, (1.0, 0.0, 0.0))
+    both, parts2 = m(x, (1.0, 0.0, 0.0, 2.0, 0.2))
+    assert parts2["hard"] == pytest.approx(worst, rel=1e-5)
+    assert float(both) == pytest.approx(float(plain) + 2.0 * worst, rel=1e-5)
+    assert "hard" not in parts
+
+    samples = _samples()
+    full, crop = VAEStage({}, {}), VAEStage({}, {"crop": 32})
+    places = set()
+    for s in samples[:6]:
+        whole, part = full.example(s)["images"], crop.example(s)["images"]
+        assert part.shape[-2:] == (32, 32)
+        hits = [(y, x) for y in range(33) for x in range(33)
+                if torch.equal(whole[:, :, y:y + 32, x:x + 32], part)]
+        assert hits  # an exact window of the image
+        places.add(hits[0])
+        assert torch.equal(crop.example(s)["images"], part)  # the same place every time
+    assert len(places) > 1  # not one fixed window for every sample
+    with pytest.raises(ValueError, match="data.crop"):
+        VAEStage({"block_out_channels": [8, 16, 16], "norm_num_groups": 4}, {"crop": 30})
+    with pytest.raises(ValueError, match="model.hard_fraction"):
+        VAEStage({"hard_fraction": 1.5}, {})
+
+
 @pytest.mark.slow  # 30 AdamW steps of a small VAE through the loop (~15 s on a quiet core)
 def test_trains_through_the_loop_and_saves_a_stock_vae(tmp_path):
     from diffusers import AutoencoderKL
@@ -246,3 +299,22 @@ def test_the_generation_decoder_uses_the_assembled_base(tmp_path):
     assert (ref - mine).abs().max() <= 1  # the shift/scale round trip, then uint8 rounding
     images = dec.generate(torch.zeros(1, 4, 64), height=64, width=64, steps=2, seed=0)
     assert images[0].size == (64, 64)
+    # a larger fresh DiT (a random-init base's is too small to learn): the base's interface kept
+    size = {"num_layers": 2, "num_single_layers": 3, "num_attention_heads": 4, "attention_head_dim": 32}
+    big = assemble_flux_base(tmp_path / "trained", tmp_path / "big", base="tiny", dit=size)
+    again = assemble_flux_base(tmp_path / "trained", tmp_path / "big2", base="tiny", dit=size)
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    assert (big / weights).read_bytes() == (again / weights).read_bytes()  # seeded
+    cfg, tiny_cfg = (json.loads((b / "transformer" / "config.json").read_text()) for b in (big, base))
+    assert {k: cfg[k] for k in size} == size and sum(cfg["axes_dims_rope"]) == 32
+    for k in ("in_channels", "joint_attention_dim", "pooled_projection_dim", "guidance_embeds"):
+        assert cfg[k] == tiny_cfg[k], k
+    dec2 = NexusGenGenerationDecoder.from_base("tiny", base=str(big))
+    n = sum(p.numel() for p in dec2.dit.parameters())
+    assert n > 10 * sum(p.numel() for p in dec.dit.parameters())
+    assert dec2.generate(torch.zeros(1, 4, 64), height=64, width=64, steps=2, seed=0)[0].size == (64, 64)
+    with pytest.raises(ValueError, match="dit: in_channels cannot be changed"):
+        assemble_flux_base(tmp_path / "trained", tmp_path / "bad", base="tiny", dit={"in_channels": 32})
+    with pytest.raises(ValueError, match="must sum to attention_head_dim 32"):
+        assemble_flux_base(tmp_path / "trained", tmp_path / "bad", base="tiny",
+                           dit={"attention_head_dim": 32, "axes_dims_rope": [4, 6, 6]})

@@ -289,19 +289,26 @@ def evaluate(plan: ShowcasePlan, state: State, label: str, pipe: Path, metrics: 
 
 
 # ----- the whole run
+def check_continuation(plan: ShowcasePlan) -> ShowcasePlan:
+    """`plan` if OUT is new or holds a run of the same budget and ablation; else ValueError (a
+    rerun continues a run, it never mixes two budgets in one folder)."""
+    path = plan.root / PLAN
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if (old["minutes"], old["ablation"]) != (plan.minutes, plan.ablation):
+            raise ValueError(f"{plan.root}: a showcase of --minutes {old['minutes']} (ablation {old['ablation']}) "
+                             f"is there; rerun with the same options to continue, or choose another --out")
+    return plan
+
+
 def run_showcase(out: str, minutes: float = 60.0, device: str = "cpu", ablation: bool = False,
                  stop_after: Optional[str] = None, threads: int = 2) -> dict[str, Any]:
     """Run (or continue) the showcase in OUT; returns the report's JSON summary."""
     import torch
 
     root = Path(out)
+    plan = check_continuation(make_plan(out, minutes, device, ablation, threads))
     root.mkdir(parents=True, exist_ok=True)
-    plan = make_plan(out, minutes, device, ablation, threads)
-    if (root / PLAN).is_file():
-        old = json.loads((root / PLAN).read_text())
-        if (old["minutes"], old["ablation"]) != (plan.minutes, plan.ablation):
-            raise ValueError(f"{root}: a showcase of --minutes {old['minutes']} (ablation {old['ablation']}) is "
-                             f"there; rerun with the same options to continue, or choose another --out")
     _write_json(root / PLAN, plan.to_json())
     torch.set_num_threads(threads)
     state = State(root)

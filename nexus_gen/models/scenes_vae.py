@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -91,11 +91,17 @@ def _resolve_base(base: str) -> Path:
     return p
 
 
+DIT_SIZE_KEYS = ("num_layers", "num_single_layers", "num_attention_heads", "attention_head_dim", "axes_dims_rope")
+
+
 def assemble_flux_base(vae: Union[str, Path], out: Union[str, Path], base: str = "tiny",
-                       link: bool = False) -> Path:
+                       link: bool = False, dit: Optional[dict[str, Any]] = None) -> Path:
     """A FLUX `base` folder at `out`: everything of `base` but its vae/ (transformer/, text_encoder/,
     tokenizer/, scheduler/, T5's text_encoder_2/ + tokenizer_2/ when it has them; copied, or
     symlinked with `link`) and `vae` (a trained VAE folder or its parent) as vae/.
+    `dit`: a fresh seeded DiT instead of the base's, its size keys (DIT_SIZE_KEYS) over the base
+    DiT's config (its in / text / pooled dims kept) -- for a random-init base whose DiT is too
+    small to learn; never for a pre-trained one, whose weights it would throw away.
     Checks the VAE fits the DiT (latent_channels x 4 = the DiT's in_channels, FLUX's 2x2
     packing) before writing. `out` must not exist or be empty."""
     src = _resolve_base(base)
@@ -104,16 +110,26 @@ def assemble_flux_base(vae: Union[str, Path], out: Union[str, Path], base: str =
     missing = [p for p in FLUX_BASE_PARTS if not (src / p).is_dir()]
     if missing:
         raise ValueError(f"base {base!r} ({src}) is not a diffusers FLUX folder: no {', '.join(missing)}/")
-    dit = json.loads((src / "transformer" / "config.json").read_text(encoding="utf-8"))
-    if int(dit["in_channels"]) != 4 * int(vcfg["latent_channels"]):
+    base_dit = json.loads((src / "transformer" / "config.json").read_text(encoding="utf-8"))
+    if int(base_dit["in_channels"]) != 4 * int(vcfg["latent_channels"]):
         raise ValueError(f"vae {vae_dir}: latent_channels {vcfg['latent_channels']} does not fit the DiT of "
-                         f"{src} (in_channels {dit['in_channels']} = 4 x latent channels, 2x2 packing)")
+                         f"{src} (in_channels {base_dit['in_channels']} = 4 x latent channels, 2x2 packing)")
+    if dit:
+        bad = sorted(set(dit) - set(DIT_SIZE_KEYS))
+        if bad:
+            raise ValueError(f"dit: {', '.join(bad)} cannot be changed; allowed: {', '.join(DIT_SIZE_KEYS)}")
+        head = int(dit.get("attention_head_dim", base_dit["attention_head_dim"]))
+        rope = [int(v) for v in (dit.get("axes_dims_rope") or dit_rope(head))]
+        if sum(rope) != head:
+            raise ValueError(f"dit: axes_dims_rope {rope} must sum to attention_head_dim {head}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} exists and is not empty; choose a new folder for the base")
     out.mkdir(parents=True, exist_ok=True)
+    if dit:
+        _new_dit(src, out / "transformer", {**dit, "axes_dims_rope": rope})
     for item in sorted(src.iterdir()):  # every part but vae/ (also text_encoder_2/, tokenizer_2/ when there)
-        if item.name == "vae" or item.name.startswith("."):
+        if item.name == "vae" or item.name.startswith(".") or (dit and item.name == "transformer"):
             continue
         if link:
             (out / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
@@ -125,3 +141,22 @@ def assemble_flux_base(vae: Union[str, Path], out: Union[str, Path], base: str =
     log.info("FLUX base %s: %s with the VAE of %s (x%d)", out, src, vae_dir,
              vae_compression(vcfg["block_out_channels"]))
     return out
+
+
+def dit_rope(head_dim: int) -> list[int]:
+    """FLUX's rotary split of a head (16, 56, 56 of 128) scaled to `head_dim`: (t, h, w), even sizes."""
+    t = max(2, 2 * round(head_dim * 16 / 128 / 2))
+    h = 2 * ((head_dim - t) // 4)
+    return [t, h, head_dim - t - h]
+
+
+def _new_dit(src: Path, out: Path, size: dict[str, Any]) -> None:
+    """A FluxTransformer2DModel with `src`'s DiT config and `size` over it, seeded (INIT_SEED)."""
+    from diffusers import FluxTransformer2DModel
+
+    cfg = {k: v for k, v in json.loads((src / "transformer" / "config.json").read_text(encoding="utf-8")).items()
+           if not k.startswith("_")}
+    cfg.update(size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        FluxTransformer2DModel(**cfg).save_pretrained(str(out), safe_serialization=True)

@@ -3,7 +3,9 @@ reconstruct every image of the unified samples (all tasks), so the decoders' DiT
 that means something (a random VAE's latents do not).
 
 Loss: `l1_weight * L1 + mse_weight * MSE` between the image and the decoded posterior sample (in
-[-1, 1], per pixel), plus `kl_weight * KL` of the posterior to N(0, 1) **averaged over latent
+[-1, 1], per pixel), `+ hard_weight *` the mean L1 of each image's worst `hard_fraction` of pixels
+(online hard-pixel mining: small objects and outlines, which a plain mean lets the background
+outvote), plus `kl_weight * KL` of the posterior to N(0, 1) **averaged over latent
 elements** (not summed: LDM's kl_weight 1e-6 on sums is ~1e-10 on these means; 1e-4 here keeps
 the latent's scale in check without blurring the shapes).
 
@@ -19,9 +21,11 @@ Config (`model:` / `data:` of a train config):
 
     model: {init: tiny | a VAE folder (or a folder holding vae/), size: px, latent_channels,
             block_out_channels: [..] (3 blocks: x4, 4 blocks: x8), layers_per_block,
-            norm_num_groups, kl_weight, l1_weight, mse_weight,
+            norm_num_groups, kl_weight, l1_weight, mse_weight, hard_weight, hard_fraction,
             scaling_factor: null (from data) | number, shift_factor: null | number}
-    data:  {fit: crop (cover + centre crop) | resize (stretch)}
+    data:  {fit: crop (cover + centre crop) | resize (stretch),
+            crop: null | px (train on a crop of this side, its place fixed by the sample id: the
+                  network is convolutional, so it then encodes whole `size` images)}
 
 save() writes `OUT/vae/` (AutoencoderKL.save_pretrained, safetensors, with the factors in its
 config) and `OUT/vae_stats.json`."""
@@ -45,8 +49,8 @@ ARCH_KEYS = ("latent_channels", "block_out_channels", "layers_per_block", "norm_
 MODEL_KEYS: dict[str, Any] = {
     "init": "tiny", "size": 64, "latent_channels": 16, "block_out_channels": [16, 32, 64],
     "layers_per_block": 1, "norm_num_groups": 8, "kl_weight": 1e-4, "l1_weight": 1.0,
-    "mse_weight": 0.0, "scaling_factor": None, "shift_factor": None}
-DATA_KEYS: dict[str, Any] = {"fit": "crop"}
+    "mse_weight": 0.0, "hard_weight": 0.0, "hard_fraction": 0.05, "scaling_factor": None, "shift_factor": None}
+DATA_KEYS: dict[str, Any] = {"fit": "crop", "crop": None}
 STATS_WARMUP = 100      # batches averaged plainly before the running statistics turn exponential
 STATS_MOMENTUM = 0.99
 STATS_FILE = "vae_stats.json"
@@ -106,10 +110,12 @@ class VAETrainModel(nn.Module):
         """The running standard deviation of the posterior means (over all elements)."""
         return float((self.latent_sq - self.latent_mean ** 2).clamp_min(1e-12).sqrt())
 
-    def forward(self, images: torch.Tensor, weights: tuple[float, float, float]
+    def forward(self, images: torch.Tensor, weights: tuple[float, ...]
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss, parts) of a batch of images in [-1, 1]: reconstruction of a posterior sample."""
-        l1_w, mse_w, kl_w = weights
+        """(loss, parts) of a batch of images in [-1, 1]: reconstruction of a posterior sample.
+        `weights`: (l1, mse, kl[, hard, hard_fraction])."""
+        l1_w, mse_w, kl_w = weights[:3]
+        hard_w, hard_frac = (weights[3], weights[4]) if len(weights) > 3 else (0.0, 0.0)
         post = self.vae.encode(images).latent_dist
         if self.training:
             self.update_stats(post.mean)
@@ -118,8 +124,15 @@ class VAETrainModel(nn.Module):
         mse = ((rec - images) ** 2).mean()
         kl = 0.5 * (post.mean ** 2 + post.var - 1.0 - post.logvar).mean()
         loss = l1_w * l1 + mse_w * mse + kl_w * kl
-        return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "kl": float(kl.detach()),
-                      "total": float(loss.detach())}
+        parts = {"l1": float(l1.detach()), "mse": float(mse.detach()), "kl": float(kl.detach())}
+        if hard_w > 0:
+            per_pixel = (rec - images).abs().mean(dim=1).flatten(1)  # [B, H*W]
+            k = max(1, int(round(hard_frac * per_pixel.shape[1])))
+            hard = per_pixel.topk(k, dim=1).values.mean()
+            loss = loss + hard_w * hard
+            parts["hard"] = float(hard.detach())
+        parts["total"] = float(loss.detach())
+        return loss, parts
 
 
 class VAEStage(TrainStage):
@@ -135,7 +148,8 @@ class VAEStage(TrainStage):
                 if k not in allowed:
                     raise ValueError(f"{section}.{k}: unknown key for stage vae; allowed: {', '.join(allowed)}")
         m = self.m = {**MODEL_KEYS, **self.model_cfg}
-        self.fit = {**DATA_KEYS, **self.data_cfg}["fit"]
+        d = {**DATA_KEYS, **self.data_cfg}
+        self.fit, self.crop = d["fit"], d["crop"]
         if self.fit not in ("crop", "resize"):
             raise ValueError(f"data.fit: {self.fit!r} is not one of crop, resize")
         init = m["init"]
@@ -170,15 +184,23 @@ class VAEStage(TrainStage):
         if m["size"] % self.compression:
             raise ValueError(f"model.size: {m['size']} is not a multiple of the compression factor "
                              f"{self.compression} (2 ** (len(block_out_channels) - 1))")
-        for k in ("kl_weight", "l1_weight", "mse_weight"):
+        for k in ("kl_weight", "l1_weight", "mse_weight", "hard_weight"):
             _number(k, m[k])
+        if not 0 < _number("hard_fraction", m["hard_fraction"], strict=True) <= 1:
+            raise ValueError(f"model.hard_fraction: must be in (0, 1], got {m['hard_fraction']!r}")
+        if self.crop is not None:
+            if isinstance(self.crop, bool) or not isinstance(self.crop, int) or not 0 < self.crop <= m["size"] \
+                    or self.crop % self.compression:
+                raise ValueError(f"data.crop: {self.crop!r} must be null or a side in px <= model.size "
+                                 f"{m['size']} and a multiple of the compression factor {self.compression}")
         if m["l1_weight"] + m["mse_weight"] <= 0:
             raise ValueError("model.l1_weight / model.mse_weight: at least one must be > 0 (no reconstruction loss)")
         if m["scaling_factor"] is not None:
             _number("scaling_factor", m["scaling_factor"], strict=True)
         if m["shift_factor"] is not None:
             _number("shift_factor", m["shift_factor"], minimum=-np.inf)
-        self.weights = (float(m["l1_weight"]), float(m["mse_weight"]), float(m["kl_weight"]))
+        self.weights = (float(m["l1_weight"]), float(m["mse_weight"]), float(m["kl_weight"]),
+                        float(m["hard_weight"]), float(m["hard_fraction"]))
 
     @property
     def latent_size(self) -> int:
@@ -210,7 +232,15 @@ class VAEStage(TrainStage):
                     ims.append(f.convert("RGB"))
         except (OSError, ValueError, TypeError) as e:
             return f"vae: unreadable image ({e})"
-        return {"id": sample["id"], "images": fit_images(ims, self.m["size"], self.fit)}
+        images = fit_images(ims, self.m["size"], self.fit)
+        if self.crop is not None and self.crop < self.m["size"]:
+            import xxhash
+
+            r = xxhash.xxh3_64_intdigest(str(sample["id"]).encode())
+            span = self.m["size"] - self.crop + 1
+            y, x = r % span, (r // span) % span
+            images = images[:, :, y:y + self.crop, x:x + self.crop].contiguous()
+        return {"id": sample["id"], "images": images}
 
     def collate(self, examples: list[Example]) -> Batch:
         return {"images": torch.cat([e["images"] for e in examples]), "ids": [e["id"] for e in examples]}
