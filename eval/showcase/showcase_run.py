@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from eval.showcase.showcase_plan import (ABLATION_PHASES, EVAL_SEED, HELD_OUT_TAGS, IMAGE_SIZE, PHASES, PROMPT_RENDER_SEED,
-                                         TRAIN_SCENES_SEED, VAE_BLOCKS, ShowcasePlan, make_plan)
+from eval.showcase.showcase_plan import (ABLATION_PHASES, DIT_SIZE, EVAL_SEED, HELD_OUT_TAGS, IMAGE_SIZE, PHASES,
+                                         PROMPT_RENDER_SEED, TRAIN_SCENES_SEED, VAE_DATA, VAE_LR, VAE_MODEL, ShowcasePlan,
+                                         make_plan)
 from nexus_gen.data.shards import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -329,16 +330,13 @@ def run_showcase(out: str, minutes: float = 60.0, device: str = "cpu", ablation:
     def vae() -> None:
         from nexus_gen.models.scenes_vae import assemble_flux_base
 
-        cfg = train_config(plan, "vae", {"init": "tiny", "size": IMAGE_SIZE, "latent_channels": 16,
-                                         "block_out_channels": VAE_BLOCKS, "layers_per_block": 1,
-                                         "norm_num_groups": 8, "l1_weight": 1.0, "mse_weight": 0.0,
-                                         "kl_weight": 1.0e-4}, {"shards": build, "fit": "crop"}, "vae", 1e-3)
+        cfg = train_config(plan, "vae", dict(VAE_MODEL), {"shards": build, **VAE_DATA}, "vae", VAE_LR)
         final = train_segments(plan, state, "vae", cfg)
         base = root / "models" / "flux_base"
         if not (base / "vae").is_dir():
             import shutil
             shutil.rmtree(base, ignore_errors=True)
-            assemble_flux_base(final, base, base="tiny", link=True)
+            assemble_flux_base(final, base, base="tiny", link=True, dit=DIT_SIZE)
 
     def untrained() -> None:
         pipe = save_pipeline(plan, pipes / "untrained", "tiny", None, None)
