@@ -61,7 +61,8 @@ def test_identity_on_scenes_gives_the_hand_computed_values(identity_scenes):
         assert row["clip_i_source"] == pytest.approx(1.0, abs=1e-5)
         assert row["dino_source"] == pytest.approx(1.0, abs=1e-5)
         if res.edit_type in ("add", "remove"):  # the source still has / lacks the object
-            assert row["success"] is False
+            assert row["success"] is False and row["edit_done"] is False
+            assert row["preserved"] is True  # but everything else is there
     overall = summary["overall"]
     assert overall["n"] == 4
     assert overall["l1"] == pytest.approx(np.mean([r["l1"] for r in rows]))

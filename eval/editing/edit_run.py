@@ -249,12 +249,15 @@ def edit_step(plan: Plan) -> dict[str, Any]:
     return counts
 
 
+PRESERVE_MIN_SCORE = 0.3  # objects the target shows clearly must stay (found again at any score)
+
+
 def _verdict(item: EditItem, edited) -> dict[str, Optional[bool]]:
     """Scenes add / remove, by the pixel detector (None: not checkable). `edit_done`: the added
     object is found inside the mask / the removed one is not; `preserved`: every object the detector
-    finds in the ground-truth target outside the mask is found again in the edit (same shape and
-    colour, its box centre inside the target object's box); `success` needs both, so an output
-    blurred until nothing is detected does not count as a removal."""
+    finds in the ground-truth target outside the mask (score > PRESERVE_MIN_SCORE) is found again
+    in the edit (same shape and colour, its box centre inside the target object's box, any score);
+    `success` needs both, so an output blurred until nothing is detected is no removal."""
     obj = item.extra.get("object")
     none = {"success": None, "edit_done": None, "preserved": None}
     if obj is None or item.mask is None or item.edit_type not in ("add", "remove"):
@@ -271,7 +274,7 @@ def _verdict(item: EditItem, edited) -> dict[str, Optional[bool]]:
         from PIL import Image
 
         target = target.resize(edited.size, Image.Resampling.NEAREST)
-    kept = None if target is None else _kept(detect(target), detect(edited), mask)
+    kept = None if target is None else _kept(detect(target, min_score=PRESERVE_MIN_SCORE), detect(edited), mask)
     return {"success": bool(done and kept) if kept is not None else done, "edit_done": done, "preserved": kept}
 
 
