@@ -54,22 +54,19 @@ def _scheduled_time() -> datetime.datetime:
 
 
 def publish_refusal(run_dir: str) -> Optional[str]:
-    """Why the build in `run_dir` must not be published (None: it may): it must be complete over
-    its whole recipe (not a --limit run), with counts that reconcile and no error recorded."""
-    from nexus_gen.run_records import NotARunError, read_run
+    """Why the build in `run_dir` must not be published (None: it may): the publisher's own check
+    (`nexus_gen.hub.hub_publish.check_run`: complete over its whole recipe, not a --limit run,
+    counts that reconcile, samples to publish), with a recorded reconciliation required."""
+    from pathlib import Path
+
+    from nexus_gen.hub.hub_publish import PublishError, check_run
 
     try:
-        rec = read_run(run_dir)
-    except NotARunError as exc:
+        record, _ = check_run(Path(run_dir))
+    except PublishError as exc:
         return str(exc)
-    if rec.kind != "build":
-        return f"{run_dir} is a {rec.kind} run, not a build"
-    if rec.status != "complete":
-        return f"{run_dir}: build status {rec.status}" + (f" ({rec.last_error})" if rec.last_error else "")
-    if rec.details.get("reconciled") is not True:
-        return f"{run_dir}: counts do not reconcile (planned != triplets + rejected)"
-    if rec.done != rec.planned or rec.last_error:
-        return f"{run_dir}: {rec.done} of {rec.planned} shards done"
+    if record.get("reconciled") is not True:
+        return f"{run_dir}: its run record does not say its counts reconcile; rerun the same `nexus-gen build`"
     return None
 
 

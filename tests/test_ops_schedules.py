@@ -135,7 +135,7 @@ def test_a_failed_build_publishes_nothing(tmp_path, prefect_harness, monkeypatch
         build_and_publish(recipe=str(recipe), out=str(tmp_path / "bad"), publish=publish)
     assert not hub.exists()
     assert json.loads((tmp_path / "bad" / "run.json").read_text())["status"] == "failed"
-    assert "build status failed" in publish_refusal(str(tmp_path / "bad"))
+    assert "is a failed build (last error: " in publish_refusal(str(tmp_path / "bad"))
 
     monkeypatch.setattr(flows.build, "run_shard", real)
     out = build_and_publish(recipe=str(recipe), out=str(tmp_path / "good-{date}"), publish=publish)
@@ -146,10 +146,10 @@ def test_a_failed_build_publishes_nothing(tmp_path, prefect_harness, monkeypatch
     published = sorted(p.relative_to(hub) for p in hub.rglob("*"))
 
     build(_tiny_recipe(tmp_path / "r2", scenes=4), tmp_path / "limited", limit=1)  # not the whole recipe
-    with pytest.raises(PublishRefused, match="partial"):
+    with pytest.raises(PublishRefused, match=r"holds 1 of 2 planned shards \(built with --limit 1\)"):
         publish_built_run(str(tmp_path / "limited"), {**publish, "repo_id": "my-org/limited"})
     assert sorted(p.relative_to(hub) for p in hub.rglob("*")) == published
-    assert "not a run folder" in publish_refusal(str(tmp_path))
+    assert "is not a build run (run.json missing)" in publish_refusal(str(tmp_path))
 
 
 # -- a real Prefect server ------------------------------------------------------------------------
