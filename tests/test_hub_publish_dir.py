@@ -105,6 +105,38 @@ def test_dry_run_uploads_nothing(run_copy, tmp_path):  # noqa: F811
     assert "README.md" in rec["to_upload"] and len(rec["to_upload"]) == len(rec["files"])
 
 
+def test_a_publish_reads_each_shard_once_and_still_sees_a_changed_one(run_copy, tmp_path, monkeypatch):  # noqa: F811
+    """The manifest check and the staging fingerprint share one sha256 per shard (counted at the
+    hashing function); a shard rewritten afterwards (its mtime set back) is read again and refused."""
+    import os
+
+    from nexus_gen import hashing
+    from nexus_gen.hub.hub_layout import LayoutError
+    from nexus_gen.hub.hub_targets import PublishError
+
+    reads: dict[str, int] = {}
+    real = hashing.file_sha256
+
+    def counting(path):
+        reads[str(Path(path).resolve())] = reads.get(str(Path(path).resolve()), 0) + 1
+        return real(path)
+
+    monkeypatch.setattr(hashing, "file_sha256", counting)
+    hashing._SEEN.clear()
+    publish_run(run_copy, PublishOptions(repo_id=REPO_ID, hub=f"dir:{tmp_path / 'hub'}", dry_run=True))
+    shards = sorted((run_copy / "data").glob("*.parquet")) + sorted((run_copy / "triplets").glob("*.parquet"))
+    assert shards and all(reads.get(str(p.resolve())) == 1 for p in shards), reads
+    victim = shards[0]
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte changed, mtime restored
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises((PublishError, LayoutError), match="differs from its manifest entry"):
+        publish_run(run_copy, PublishOptions(repo_id=REPO_ID, hub=f"dir:{tmp_path / 'hub'}", dry_run=True))
+    assert reads[str(victim.resolve())] == 2
+
+
 def test_card_header_and_prose(published):
     from PIL import Image
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from nexus_gen.data.schema import TASKS
 from nexus_gen.data.shards import COLUMN_COMPRESSION, SPLIT_NAMES, read_manifest
-from nexus_gen.hashing import file_sha256
+from nexus_gen.hashing import file_sha256_once
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def check_shards(folder: Path) -> dict[str, Any]:
         p = folder / s["file"]
         if not p.is_file():
             raise LayoutError(f"{p} is listed in {folder / 'manifest.json'} but missing; rebuild the run")
-        if p.stat().st_size != s["bytes"] or file_sha256(p) != s["sha256"]:
+        if p.stat().st_size != s["bytes"] or file_sha256_once(p) != s["sha256"]:
             raise LayoutError(f"{p} differs from its manifest entry (size or sha256): it changed after "
                               "the build; rebuild the run")
         split = s.get("split") or s["file"].split("-")[0]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nexus_gen.data.shards import write_json_atomic
-from nexus_gen.hashing import file_sha256
+from nexus_gen.hashing import file_sha256, file_sha256_once
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def folder_digests(folder: Path) -> dict[str, str]:
     """relative path -> sha256 of every regular file directly in `folder` (none if absent)."""
     if not folder.is_dir():
         return {}
-    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    return {p.name: file_sha256_once(p) for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def fingerprint(inputs: dict[str, dict[str, str]], options: dict[str, Any]) -> str:
