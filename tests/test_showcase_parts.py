@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from eval.showcase.showcase_plan import ABLATION_PHASES, HELD_OUT_TAGS, PHASES, TRAIN_SPLIT, make_plan
-from eval.showcase.showcase_report import bootstrap_ci, summary_line, unit_scores, write_report
+from eval.showcase.showcase_report import (bootstrap_ci, geneval_strata, stratified_ci, summary_line, unit_scores,
+                                           write_report)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,6 +140,22 @@ def test_bootstrap_hand_values() -> None:
     sd = (mean * (1 - mean) / 400) ** 0.5
     assert lo < mean < hi and abs((hi - lo) - 2 * 1.96 * sd) < 0.02
     assert bootstrap_ci({}) [3] == 0
+
+
+def test_geneval_points_are_the_official_tag_mean(tmp_path: Path) -> None:
+    """GenEval's overall is the mean over tags (not over images): tag a 2 of 2, tag b 0 of 4 gives
+    0.5 (pooled it would be 1/3); resampling prompts within tags cannot move it here."""
+    rows = [("a", 0, True), ("a", 1, True), ("b", 2, False), ("b", 3, False), ("b", 4, False), ("b", 5, False)]
+    (tmp_path / "results.jsonl").write_text("".join(
+        json.dumps({"filename": f"/r/{p:05d}/samples/0000.png", "tag": t, "correct": c}) + "\n" for t, p, c in rows))
+    assert stratified_ci(geneval_strata(tmp_path)) == (0.5, 0.5, 0.5, 6)
+    # a mixed tag: its within-tag resamples move the interval, the point stays the tag mean
+    rows += [("c", 10 + i, i % 2 == 0) for i in range(20)]
+    (tmp_path / "results.jsonl").write_text("".join(
+        json.dumps({"filename": f"/r/{p:05d}/samples/0000.png", "tag": t, "correct": c}) + "\n" for t, p, c in rows))
+    point, lo, hi, n = stratified_ci(geneval_strata(tmp_path))
+    assert point == pytest.approx((1.0 + 0.0 + 0.5) / 3) and lo < point < hi and n == 26
+    assert hi - lo == pytest.approx(2 * 1.96 * (0.25 / 20) ** 0.5 / 3, abs=0.03)
 
 
 def test_unit_scores_read_the_benchmarks_files(tmp_path: Path) -> None:

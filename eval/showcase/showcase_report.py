@@ -52,11 +52,44 @@ def bootstrap_ci(groups: dict[str, list[float]], seed: int = 0) -> tuple[float, 
     return float(sums.sum() / ns.sum()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)), len(units)
 
 
+def geneval_strata(run: Path) -> dict[str, dict[str, list[float]]]:
+    """GenEval outcomes as tag -> prompt -> per-image 0/1 (results.jsonl)."""
+    strata: dict[str, dict[str, list[float]]] = {}
+    for r in _jsonl(run / "results.jsonl"):
+        key = Path(r["filename"]).parent.parent.name
+        strata.setdefault(str(r.get("tag")), {}).setdefault(key, []).append(float(bool(r.get("correct"))))
+    return strata
+
+
+def stratified_ci(strata: dict[str, dict[str, list[float]]], seed: int = 0) -> tuple[float, float, float, int]:
+    """GenEval's overall (the mean over tags of each tag's share of correct images) with a
+    bootstrap that resamples prompts within each tag: (overall, 2.5 %, 97.5 %, prompts)."""
+    tags = [[np.asarray(v) for v in units.values() if v] for units in strata.values()]
+    tags = [t for t in tags if t]
+    if not tags:
+        return float("nan"), float("nan"), float("nan"), 0
+    rng = np.random.default_rng(seed)
+    point = np.mean([sum(u.sum() for u in t) / sum(len(u) for u in t) for t in tags])
+    resampled = np.zeros(BOOTSTRAP)
+    for t in tags:
+        sums, ns = np.array([u.sum() for u in t]), np.array([len(u) for u in t])
+        idx = rng.integers(0, len(t), size=(BOOTSTRAP, len(t)))
+        resampled += sums[idx].sum(1) / ns[idx].sum(1)
+    resampled /= len(tags)
+    return float(point), float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5)), \
+        sum(len(t) for t in tags)
+
+
 def point_table(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every evaluation point with its bootstrap interval and denominator."""
+    """Every evaluation point with its bootstrap interval and denominator (GenEval: its official
+    tag-averaged overall, prompts resampled within tags)."""
     rows = []
     for p in state["points"]:
-        mean, lo, hi, n = bootstrap_ci(unit_scores(p["metric"], Path(p["run"])))
+        run = Path(p["run"])
+        if p["metric"] == "geneval_scenes":
+            mean, lo, hi, n = stratified_ci(geneval_strata(run))
+        else:
+            mean, lo, hi, n = bootstrap_ci(unit_scores(p["metric"], run))
         rows.append({**p, "mean": mean, "lo": lo, "hi": hi, "units": n})
     return rows
 
