@@ -296,3 +296,26 @@ def test_score_folder_with_tiny_mask2former(tmp_path):
     (out / "detections.jsonl").unlink()
     score_folder(out, detector)
     assert (out / "detections.jsonl").read_bytes() == first
+
+
+def test_an_interrupted_metadata_write_leaves_the_old_record_and_no_temp_file(tmp_path, monkeypatch):
+    """Ctrl-C while a prompt's metadata.jsonl is written (simulated: the write stops half-way with
+    KeyboardInterrupt): the record there before is intact, nothing half-written stays behind, and a
+    resumed run can read it."""
+    from pathlib import Path
+
+    from eval.geneval import layout
+
+    layout.write_metadata(tmp_path, 3, {"prompt": "a photo of a cat", "tag": "single_object"})
+    real = Path.write_text
+
+    def half(self, text, *a, **k):
+        real(self, text[: len(text) // 2], *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", half)
+    with pytest.raises(KeyboardInterrupt):
+        layout.write_metadata(tmp_path, 3, {"prompt": "a photo of a dog", "tag": "single_object"})
+    monkeypatch.undo()
+    assert layout.read_metadata(tmp_path, 3) == {"prompt": "a photo of a cat", "tag": "single_object"}
+    assert sorted(p.name for p in layout.prompt_dir(tmp_path, 3).iterdir()) == ["metadata.jsonl", "samples"]

@@ -45,7 +45,13 @@ def write_metadata(out: Path, index: int, metadata: dict[str, Any]) -> Path:
     d = prompt_dir(out, index)
     (d / "samples").mkdir(parents=True, exist_ok=True)
     p = d / "metadata.jsonl"
-    p.write_text(json.dumps(metadata) + "\n", encoding="utf-8")
+    tmp = p.with_name(p.name + ".tmp")  # an interrupt never leaves a half-written record to resume on
+    try:
+        tmp.write_text(json.dumps(metadata) + "\n", encoding="utf-8")
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return p
 
 
